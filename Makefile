@@ -1,0 +1,66 @@
+# tprop_exp — every command sets up its own virtual environment on first use.
+# `make demo` trains on the offline sample corpus; `make test` runs the tests.
+
+PYTHON ?= python3
+VENV ?= .venv
+# An active virtual environment is used as it is; otherwise we make $(VENV).
+ifdef VIRTUAL_ENV
+BIN := $(VIRTUAL_ENV)/bin
+else
+BIN := $(VENV)/bin
+endif
+PY := $(BIN)/python
+TORCH ?= torch==2.13.0
+PROFILE ?= sample
+JOBS ?= 1
+STAMP := $(BIN)/.tprop_exp-installed
+RUN := $(PY) -m tprop_exp
+REPORT := $(PY) -m tprop_exp.report
+
+.PHONY: setup demo test test-all bench table1 table2 table3 figure methods all-tables clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $@
+
+demo: $(STAMP)
+	$(RUN) -m experiment=demo
+	$(REPORT) sweeps/demo/sample --table demo --out results/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m "slow or not slow"
+
+bench: $(STAMP)
+	$(PY) scripts/bench.py
+
+# The paper's tables: a sweep, then its report. PROFILE=paper for the real data on a GPU.
+SWEEP = $(RUN) -m experiment=$(1) profile=$(PROFILE) $(if $(filter-out 1,$(JOBS)),hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS))
+OUT = results$(if $(filter-out sample,$(PROFILE)),/$(PROFILE))
+
+table1: $(STAMP)
+	$(call SWEEP,table1_main)
+	$(REPORT) sweeps/table1_main/$(PROFILE) --out $(OUT)
+table2: $(STAMP)
+	$(call SWEEP,table2_regularization)
+	$(REPORT) sweeps/table2_regularization/$(PROFILE) --out $(OUT)
+table3: $(STAMP)
+	$(call SWEEP,table3_minibatch)
+	$(REPORT) sweeps/table3_minibatch/$(PROFILE) --out $(OUT)
+figure: $(STAMP)
+	$(call SWEEP,figure_hidden)
+	$(REPORT) sweeps/figure_hidden/$(PROFILE) --out $(OUT)
+methods: $(STAMP)
+	$(call SWEEP,methods)
+	$(REPORT) sweeps/methods/$(PROFILE) --out $(OUT)
+all-tables: table1 table2 table3 figure methods
+	$(REPORT) sweeps/*/$(PROFILE) --out $(OUT)
+
+clean:
+	rm -rf runs sweeps outputs multirun

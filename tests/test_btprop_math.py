@@ -1,0 +1,186 @@
+"""The exact facts of SPEC §1 (T1, T2) and the BTPROP machinery, in float64."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tprop_exp import bptt, btprop
+from tprop_exp.models import detach
+
+from helpers import grads, method, params, stream, tiny_model
+
+CELLS = ["rnn", "gru", "lstm"]
+
+
+def truncated_bptt_grad(model, s, K):
+    """Mean NLL over the whole-window tokens of one stream, gradient cut every K."""
+    x, y = bptt.windows(s, 1, K)
+    model.zero_grad()
+    state = model.zero_state(1)
+    for i in range(x.shape[0]):
+        logits, state = model(x[i], state)
+        (F.cross_entropy(logits.flatten(0, 1), y[i].flatten()) / x.shape[0]).backward()
+        state = detach(state)
+    return grads(model)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("layers", [1, 2])
+def test_t1_gradient_equals_truncated_bptt(cell, layers):
+    model, s, K = tiny_model(cell, layers), stream(40), 4
+    x, y = btprop.blocks(s, K)
+    h0 = model.flat_state(model.zero_state(1))
+    H = btprop.init_states(model, x, h0, "forward", chunk=3)
+    u = torch.zeros(x.shape[1] - 1, model.state_size, dtype=torch.float64)
+    model.zero_grad()
+    n = x.shape[1]
+    out = btprop.objective(model, x, y, H.detach(), u, 1.0, 3, backward=lambda J: (J / n).backward())
+    assert out["penalty"].item() < 1e-25  # forward initialisation satisfies every constraint
+    g_btprop = grads(model)
+    g_bptt = truncated_bptt_grad(model, s, K)
+    torch.testing.assert_close(g_btprop, g_bptt, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_t1_one_full_batch_update_equals_bptt(cell):
+    s, K, lr = stream(61), 5, 0.7
+    a, b = tiny_model(cell), tiny_model(cell)
+    m = method(block_size=K, h_steps=0, init="forward", theta_steps=1)
+    btprop.train_epoch(a, torch.optim.SGD(a.parameters(), lr=lr), s, m, batch_size=1,
+                       clip=0, lam=1.0, duals_on=False, chunk=4, state={})
+    bptt.train_epoch(b, torch.optim.SGD(b.parameters(), lr=lr), s, batch_size=1, K=K,
+                     clip=0, mode="batch")
+    torch.testing.assert_close(params(a), params(b), rtol=0, atol=1e-13)
+    assert not torch.equal(params(a), params(tiny_model(cell)))  # it did move
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_t1_minibatch_trajectory_equals_bptt(cell):
+    """One block per mini-batch, n_h = 0: every update is BPTT's, for a whole epoch."""
+    s, K, lr = stream(50), 4, 0.5
+    a, b = tiny_model(cell), tiny_model(cell)
+    m = method(mode="minibatch", block_size=K, h_steps=0, theta_steps=1)
+    btprop.train_epoch(a, torch.optim.SGD(a.parameters(), lr=lr), s, m, batch_size=1,
+                       clip=0.3, lam=1.0, duals_on=False, chunk=4)
+    bptt.train_epoch(b, torch.optim.SGD(b.parameters(), lr=lr), s, batch_size=1, K=K,
+                     clip=0.3, mode="minibatch")
+    torch.testing.assert_close(params(a), params(b), rtol=0, atol=1e-12)
+
+
+def full_bptt_grad(model, s, n_tokens):
+    model.zero_grad()
+    logits, _ = model(s[:n_tokens].view(-1, 1), model.zero_state(1))
+    F.cross_entropy(logits.flatten(0, 1), s[1:n_tokens + 1]).backward()
+    return grads(model)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_t2_one_h_step_tends_to_full_bptt(cell):
+    """Two blocks, λ = 1/η, one SGD h-step of size η: error O(η) against full BPTT."""
+    model, K = tiny_model(cell), 4
+    s = stream(2 * K + 1)
+    x, y = btprop.blocks(s, K)
+    target = full_bptt_grad(model, s, 2 * K)
+    errors = []
+    for eta in (1e-2, 1e-3, 1e-4):
+        h0 = model.flat_state(model.zero_state(1))
+        H = btprop.init_states(model, x, h0, "forward", chunk=2)
+        u = torch.zeros(1, model.state_size, dtype=torch.float64)
+        m = method(h_steps=1, h_optimizer="sgd", h_lr=eta)
+        btprop.h_steps(model, x, y, H, u, m, lam=1 / eta, chunk=2)
+        model.zero_grad()
+        btprop.objective(model, x, y, H.detach(), u, 1 / eta, 2, backward=lambda J: (J / 2).backward())
+        errors.append((grads(model) - target).norm().item())
+    trunc = truncated_bptt_grad(model, s, K)
+    assert (trunc - target).norm().item() > 100 * errors[-1]  # the limit is not truncated BPTT
+    assert 5 < errors[0] / errors[1] < 20 and 5 < errors[1] / errors[2] < 20
+    assert errors[2] < 1e-3 * target.norm().item()
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_h_step_decreases_objective(cell):
+    model, K = tiny_model(cell, layers=2), 3
+    x, y = btprop.blocks(stream(31), K)
+    h0 = model.flat_state(model.zero_state(1))
+    H = btprop.init_states(model, x, h0, "zero", chunk=4)
+    u = torch.zeros(x.shape[1] - 1, model.state_size, dtype=torch.float64)
+
+    def J():
+        with torch.no_grad():
+            o = btprop.objective(model, x, y, H.detach(), u, 1.0, 4)
+        return (o["ce"] + o["penalty"]).item()
+
+    before = J()
+    taken = btprop.h_steps(model, x, y, H, u, method(h_steps=1, h_lr=0.05), lam=1.0, chunk=4)
+    assert J() < before and taken.item() == 1
+    H0 = H.detach().clone()
+    btprop.h_steps(model, x, y, H, u, method(h_steps=3, h_lr=0.05, h_tol=1e9), lam=1.0, chunk=4)
+    assert torch.equal(H.detach(), H0)  # tolerance met at once: no step taken
+    torch.testing.assert_close(H.detach()[0], h0[0])  # H_1 never moves
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_dual_update_converges_to_multiplier(cell):
+    """θ fixed, two blocks: ADMM drives F_1 − H_2 to 0 and u to ∂CE_2/∂H_2 / λ at H_2 = F_1."""
+    model, K, lam = tiny_model(cell), 3, 4.0
+    s = stream(2 * K + 1)
+    x, y = btprop.blocks(s, K)
+    h0 = model.flat_state(model.zero_state(1))
+    H = btprop.init_states(model, x, h0, "zero", chunk=2)
+    u = torch.zeros(1, model.state_size, dtype=torch.float64)
+    m = method(name="admm", h_steps=100, h_lr=0.05, theta_steps=0, u_lr=1.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    for _ in range(60):
+        btprop.update(model, opt, x, y, H, u, m, lam, duals_on=True, chunk=2, clip=0)
+    F1 = btprop.forward_init(model, x, h0, 2)[1:].requires_grad_(True)
+    logits, _ = model(x[:, 1:], model.unflat_state(F1))
+    g2, = torch.autograd.grad(F.cross_entropy(logits.flatten(0, 1), y[:, 1]), F1)
+    torch.testing.assert_close(H.detach()[1:], F1.detach(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(u, g2 / lam, rtol=0, atol=1e-6)
+    assert g2.norm() > 1e-2  # the multiplier is not trivially zero
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("name", ["penalty", "admm", "alm"])
+def test_chunked_batch_mode_equals_unchunked(cell, name):
+    s = stream(80)
+    m = method(name=name, block_size=3, h_steps=2, theta_steps=2, h_optimizer="adagrad", h_lr=0.1)
+    out = []
+    for chunk in (4, 1000):
+        model = tiny_model(cell, layers=2)
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        state = {}
+        for _ in range(2):
+            stats = btprop.train_epoch(model, opt, s, m, batch_size=1, clip=0.5, lam=0.5,
+                                       duals_on=True, chunk=chunk, state=state)
+        out.append((params(model), state["H"], state["u"], stats))
+    (p1, H1, u1, s1), (p2, H2, u2, s2) = out
+    torch.testing.assert_close(p1, p2, rtol=0, atol=1e-12)
+    torch.testing.assert_close(H1, H2, rtol=0, atol=1e-12)
+    torch.testing.assert_close(u1, u2, rtol=0, atol=1e-12)
+    assert u1.abs().sum() > 0 and s1["penalty"] == pytest.approx(s2["penalty"], rel=1e-10)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_states_round_trip_through_free_variables(cell):
+    model = tiny_model(cell, layers=2, hidden=4)
+    assert model.state_size == 2 * 4 * (2 if cell == "lstm" else 1)
+    logits, state = model(stream(6).view(3, 2), model.zero_state(2))
+    flat = model.flat_state(state)
+    assert flat.shape == (2, model.state_size)
+    back = model.unflat_state(flat)
+    for a, b in zip(state if cell == "lstm" else (state,), back if cell == "lstm" else (back,)):
+        assert torch.equal(a, b)
+    # each sequence's flat vector holds its own layers' states, not its neighbour's
+    h = state[0] if cell == "lstm" else state
+    assert torch.equal(flat[1, :4], h[0, 1]) and torch.equal(flat[1, 4:8], h[1, 1])
+
+
+def test_minibatch_carry_is_last_state_of_previous_minibatch():
+    """Forward-initialised blocks continue the stream: the residual is zero before any h-step."""
+    model, K = tiny_model("gru"), 3
+    m = method(mode="minibatch", block_size=K, h_steps=0, theta_steps=0)
+    stats = btprop.train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.1), stream(64), m,
+                               batch_size=4, clip=0, lam=1.0, duals_on=False, chunk=2)
+    assert stats["residual"] < 1e-12 and stats["penalty"] < 1e-24

@@ -1,0 +1,314 @@
+"""The report stage: synthetic run folders with known numbers in, known tables out."""
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+from tprop_exp import report  # noqa: E402
+from tprop_exp.claims import evaluate_claims  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+BASE = {
+    "name": "table1_main", "profile": "sample",
+    "dataset": {"name": "sample_chars", "level": "char"},
+    "arch": {"cell": "lstm", "hidden_size": 64, "num_layers": 1, "init_range": 0.1},
+    "method": {"name": "bptt", "mode": "minibatch", "block_size": 10, "h_steps": 1,
+               "theta_steps": 1, "h_lr": 1.0, "h_optimizer": "adagrad", "lam": 1.0,
+               "lam_mult": 1.0, "u_lr": 0.1, "u_start_epoch": 3, "init": "forward"},
+    "train": {"batch_size": 32, "optimizer": "sgd", "lr": 1.0, "clip": 0.5, "max_epochs": 5,
+              "patience": 5, "seed": 1, "device": "cpu", "eval_batch_size": 32},
+}
+
+
+def make_run(sweep, valid, status="completed", test=None, train=None, finished=True, **keys):
+    """A run folder; keys like method__name="admm" set config entries."""
+    cfg = copy.deepcopy(BASE)
+    for key, value in keys.items():
+        *parents, leaf = key.split("__")
+        node = cfg
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    run = Path(sweep) / "_".join(f"{k}={v}" for k, v in sorted(keys.items()))
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([]))
+    if not finished:
+        return run
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_ppl": 1.0, "valid_ppl": valid}) + "\n")
+    result = {"status": status, "best_valid_ppl": valid, "test_ppl": test, "train_ppl": train,
+              "epochs": 3, "wall_s": 1.0, "train_tokens_per_s": 1000.0, "config": cfg,
+              "commit": "abc123", "torch": "2.5", "device": "cpu (test)",
+              "command": "python -m tprop_exp -m experiment=x", "date": "2025-01-02T03:04:05+00:00"}
+    if status == "failed":
+        result["error"] = "boom"
+    (run / "result.json").write_text(json.dumps(result))
+    return run
+
+
+def table1_sweep(root):
+    sweep = root / "sweeps" / "table1_main" / "sample"
+    for seed, v in [(1, 100.0), (2, 102.0), (3, 104.0)]:
+        make_run(sweep, v, method__mode="batch", train__seed=seed)
+    for seed, v in [(1, 90.0), (2, 92.0)]:
+        make_run(sweep, v, train__seed=seed)
+    make_run(sweep, 98.0, method__mode="batch", method__block_size=20)
+    for seed, v in [(1, 101.0), (2, 103.0)]:
+        make_run(sweep, v, method__name="admm", method__mode="batch", train__seed=seed)
+    make_run(sweep, 95.0, method__name="admm", method__h_steps=5, method__block_size=20)
+    make_run(sweep, 3.5, dataset__name="sample_words")
+    return sweep
+
+
+def test_table1_layout_and_numbers(tmp_path):
+    runs = report.load_runs([table1_sweep(tmp_path)])
+    summary = report.summarise(runs, "table1_main")
+    tables = report.make_table(summary, "table1_main")
+    assert list(tables) == ["sample_chars", "sample_words"]
+    t = tables["sample_chars"]
+    assert list(t.index) == ["BPTT", "BTPROP (n_h=1)", "BTPROP (n_h=5)"]
+    assert list(t.columns.names) == ["mode", "K"]
+    assert list(t.columns) == [("batch", 10), ("batch", 20), ("minibatch", 10), ("minibatch", 20)]
+    assert t.loc["BPTT", ("batch", 10)] == "102.0 ± 2.0 (3)"
+    assert t.loc["BPTT", ("minibatch", 10)] == "91.0 ± 1.4 (2)"
+    assert t.loc["BPTT", ("batch", 20)] == "98.0"  # one seed: just the mean
+    assert t.loc["BTPROP (n_h=1)", ("batch", 10)] == "102.0 ± 1.4 (2)"
+    assert t.loc["BTPROP (n_h=5)", ("minibatch", 20)] == "95.0"
+    assert t.loc["BTPROP (n_h=5)", ("batch", 10)] == "–"
+    assert tables["sample_words"].loc["BPTT", ("minibatch", 10)] == "3.50"
+
+    row = summary[(summary["dataset"] == "sample_chars") & (summary["method"] == "bptt")
+                  & (summary["mode"] == "batch") & (summary["K"] == 10)].iloc[0]
+    assert (row["valid_mean"], row["valid_std"], row["valid_n"], row["seeds"]) == (102.0, 2.0, 3, "1 2 3")
+
+
+def test_written_files_and_csv_round_trip(tmp_path):
+    runs = report.load_runs([table1_sweep(tmp_path)])
+    out = tmp_path / "out"
+    paths = report.write_report(runs, out, "python -m tprop_exp.report X")
+    assert sorted(p.name for p in paths) == ["claims.md", "table1_main.csv", "table1_main.md"]
+    csv = pd.read_csv(out / "table1_main.csv")
+    cell = csv[(csv["label"] == "BTPROP (n_h=1)") & (csv["mode"] == "batch")].iloc[0]
+    assert (cell["valid_mean"], cell["valid_n"], cell["K"]) == (102.0, 2, 10)
+    md = (out / "table1_main.md").read_text()
+    assert md.startswith("# Table 1: main results")
+    assert "python -m tprop_exp.report X" in md and "abc123" in md and "cpu (test)" in md
+    assert "| BPTT " in md and "batch K=10" in md and "minibatch K=20" in md
+    assert "## sample_words" in md
+    assert not list(out.glob(".*"))  # no temporary files left behind
+
+
+def test_diverged_and_failed_runs_are_marked_not_averaged(tmp_path):
+    sweep = tmp_path / "s"
+    make_run(sweep, 100.0, train__seed=1)
+    make_run(sweep, 110.0, train__seed=2)
+    make_run(sweep, 5.0, status="diverged", train__seed=3)  # would pull the mean down
+    make_run(sweep, None, status="diverged", method__block_size=20)
+    make_run(sweep, None, status="failed", method__block_size=40)
+    runs = report.load_runs([sweep])
+    summary = report.summarise(runs, "table1_main")
+    t = report.make_table(summary, "table1_main")["sample_chars"]
+    assert t.loc["BPTT", ("minibatch", 10)] == "105.0 ± 7.1 (2) †"
+    assert t.loc["BPTT", ("minibatch", 20)] == "diverged"
+    assert t.loc["BPTT", ("minibatch", 40)] == "failed"
+    k10 = summary[summary["K"] == 10].iloc[0]
+    assert (k10["valid_mean"], k10["n_diverged"], k10["n_runs"]) == (105.0, 1, 3)
+    report.write_report(runs, tmp_path / "out", "cmd")
+    md = (tmp_path / "out" / "table1_main.md").read_text()
+    assert "† some seeds diverged" in md and "‡" not in md
+
+
+def test_unfinished_run_is_counted_not_tabulated(tmp_path):
+    sweep = tmp_path / "s"
+    make_run(sweep, 100.0)
+    make_run(sweep, None, finished=False, method__block_size=20)
+    runs = report.load_runs([sweep])
+    assert sorted(runs["status"]) == ["completed", "unfinished"]
+    summary = report.summarise(runs, "table1_main")
+    assert list(summary["K"]) == [10]
+    report.write_report(runs, tmp_path / "out", "cmd")
+    md = (tmp_path / "out" / "table1_main.md").read_text()
+    assert "1 unfinished (not tabulated)" in md and "K=20" not in md
+
+
+def test_runs_differing_beyond_the_keys_are_flagged(tmp_path):
+    sweep = tmp_path / "s"
+    make_run(sweep, 100.0, train__lr=1.0, train__seed=1)
+    make_run(sweep, 110.0, train__lr=2.0, train__seed=2)
+    runs = report.load_runs([sweep])
+    report.write_report(runs, tmp_path / "out", "cmd")
+    md = (tmp_path / "out" / "table1_main.md").read_text()
+    assert "runs that differ in config.train.lr share a cell" in md
+    assert "105.0 ± 7.1 (2)" in md
+
+
+def test_table3_layout(tmp_path):
+    sweep = tmp_path / "s"
+    for d, scale in [("sample_chars", 1.0), ("sample_words", 100.0)]:
+        for b in (16, 64):
+            for seed in (1, 2):
+                make_run(sweep, scale * b / 10 + seed, train=scale * b / 20 + seed,
+                         test=scale * b / 5 + seed, name="table3_minibatch", dataset__name=d,
+                         train__batch_size=b, train__seed=seed)
+    make_run(sweep, 1.0, name="table3_minibatch", method__name="admm")  # not BPTT: left out
+    runs = report.load_runs([sweep])
+    used, note = report.select(runs, "table3_minibatch")
+    assert len(used) == 8 and "1 run(s) left out" in note
+    t = report.make_table(report.summarise(used, "table3_minibatch"), "table3_minibatch")[""]
+    assert list(t.index) == [16, 64]
+    assert list(t.columns) == [(d, m) for d in ("sample_chars", "sample_words")
+                               for m in ("train ppl", "test ppl", "valid ppl")]
+    assert t.loc[16, ("sample_chars", "train ppl")] == "2.30 ± 0.71 (2)"
+    assert t.loc[64, ("sample_words", "test ppl")] == "1281.5 ± 0.7 (2)"
+    assert t.loc[64, ("sample_chars", "valid ppl")] == "7.90 ± 0.71 (2)"
+
+
+def test_figure_hidden_png_and_table(tmp_path):
+    sweep = tmp_path / "s"
+    for h, (bp, bt) in {32: (120.0, 110.0), 64: (100.0, 97.0), 128: (90.0, 89.0)}.items():
+        for seed in (1, 2):
+            make_run(sweep, bp + seed, name="figure_hidden", arch__hidden_size=h, train__seed=seed)
+            make_run(sweep, bt + seed, name="figure_hidden", arch__hidden_size=h, train__seed=seed,
+                     method__name="admm")
+    out = tmp_path / "out"
+    assert report.main([str(sweep), "--out", str(out)]) == 0
+    png = out / "figure_hidden.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = plt.imread(png)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    t = report.make_table(pd.read_csv(out / "figure_hidden.csv"), "figure_hidden")[""]
+    assert list(t.index) == [32, 64, 128]
+    assert list(t.columns) == [("sample_chars", "BPTT"), ("sample_chars", "BTPROP (n_h=1)")]
+    assert t.loc[32, ("sample_chars", "BPTT")] == "121.5 ± 0.7 (2)"
+    # the ratio 121.5/111.5 > 1 falls as hidden grows: claim 6 holds
+    assert "- **sample_chars: holds**" in (out / "claims.md").read_text().split("## Claim 6")[1]
+
+
+def test_empty_dir_exits_2_with_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-m", "tprop_exp.report", "empty"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2
+    assert p.stderr.strip() == "report: no runs (result.json) under empty"
+    assert p.stdout == "" and not (tmp_path / "results").exists()
+
+
+def test_cli_all_sweeps_default_outdirs_and_demo(tmp_path):
+    table1_sweep(tmp_path)
+    demo = tmp_path / "sweeps" / "demo" / "sample"
+    make_run(demo, 50.0, test=51.0, train=40.0, name="demo", train__lr=0.5)
+    make_run(demo, 60.0, test=61.0, train=45.0, name="demo", train__lr=2.0)
+    make_run(tmp_path / "sweeps" / "methods" / "paper", 70.0, name="methods", profile="paper",
+             method__name="alm")
+    dirs = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "sweeps").glob("*/*"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-m", "tprop_exp.report", *dirs], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    res = tmp_path / "results"
+    assert {f.name for f in res.iterdir()} >= {"table1_main.md", "table1_main.csv", "demo.md",
+                                              "demo.csv", "claims.md", "paper"}
+    assert (res / "paper" / "methods.md").exists() and (res / "paper" / "claims.md").exists()
+    # the demo table: the varying key (lr) and the metrics, printed to stdout too
+    assert "| train.lr" in p.stdout and "| 0.5 " in p.stdout and "| 60.0 " in p.stdout
+    assert "# Table 1: main results" in p.stdout
+
+
+def test_demo_only_gets_generic_table_and_no_claims(tmp_path, capsys):
+    sweep = tmp_path / "demo"
+    make_run(sweep, 50.0, test=51.0, train=40.0, name="demo", train__seed=1)
+    make_run(sweep, 52.0, test=53.0, train=42.0, name="demo", train__seed=2)
+    out = tmp_path / "out"
+    assert report.main([str(sweep), "--out", str(out)]) == 0
+    assert sorted(f.name for f in out.iterdir()) == ["demo.csv", "demo.md"]
+    printed = capsys.readouterr().out
+    assert "| 51.0 ± 1.4 (2) " in printed and "| 2 completed " in printed
+
+
+def summ(rows, **common):
+    """A tidy summary as the CSVs hold it, from (method, h_steps, mean, std, n) rows."""
+    recs = [{**common, "method": m, "h_steps": h, "valid_mean": mean, "valid_std": std,
+             "valid_n": n} for m, h, mean, std, n in rows]
+    return pd.DataFrame(recs)
+
+
+def verdict(results, claim, dataset="d"):
+    return results[(results["claim"] == claim) & (results["dataset"] == dataset)].iloc[0]
+
+
+def test_claims_hold_fail_and_inconclusive():
+    holds = pd.concat([
+        summ([("bptt", None, 100.0, 1.0, 3), ("admm", 1, 102.0, 1.0, 3), ("admm", 5, 101.5, 1.0, 3)],
+             dataset="d", mode="batch", K=20),
+        summ([("bptt", None, 80.0, 1.0, 3), ("admm", 1, 79.0, 1.0, 3), ("admm", 5, 79.5, 1.0, 3)],
+             dataset="d", mode="minibatch", K=20)])
+    r = evaluate_claims({"table1_main": holds})
+    assert verdict(r, 1)["verdict"] == "holds"     # 101.5 vs 100: within 5%
+    assert verdict(r, 2)["verdict"] == "holds"     # n_h=5 never better by > pooled std 1.0
+    assert verdict(r, 3)["verdict"] == "holds"     # batch 100/101.5 vs mini-batch 80/79
+    assert verdict(r, 4)["verdict"] == "holds"     # gain 1.25% < 5%
+    assert verdict(r, 8)["verdict"] == "inconclusive" and verdict(r, 8)["evidence"] == ["no runs"]
+
+    fails = holds.copy()
+    fails.loc[(fails["mode"] == "batch") & (fails["h_steps"] == 5), "valid_mean"] = 90.0
+    fails.loc[(fails["mode"] == "minibatch") & (fails["method"] == "admm"), "valid_mean"] = 70.0
+    r = evaluate_claims({"table1_main": fails})
+    assert verdict(r, 1)["verdict"] == "does not hold"  # 90 vs 100: 10% apart
+    assert verdict(r, 2)["verdict"] == "does not hold"  # n_h=5 90 beats n_h=1 102
+    assert verdict(r, 4)["verdict"] == "does not hold"  # gain 12.5%
+
+    single = summ([("admm", 1, 101.0, None, 1), ("alm", 1, 100.0, None, 1), ("penalty", 1, 104.0, None, 1)],
+                  dataset="d", mode="minibatch", K=10)
+    # admm 1% worse than alm: within the single-seed 2% margin
+    assert verdict(evaluate_claims({"methods": single}), 8)["verdict"] == "holds"
+    single.loc[0, "valid_mean"] = 104.0  # admm now worse than alm by more than 2%
+    r8 = verdict(evaluate_claims({"methods": single}), 8)
+    assert r8["verdict"] == "does not hold" and "single seed" in r8["evidence"][0]
+
+
+def test_claims_5_and_6():
+    t2 = summ([("bptt", None, 100.0, 1.0, 3), ("penalty", 0, 97.0, 1.0, 3), ("admm", 1, 96.5, 1.0, 3)],
+              dataset="d", K=10)
+    assert verdict(evaluate_claims({"table2_regularization": t2}), 5)["verdict"] == "holds"
+    t2.loc[2, "valid_mean"] = 94.0  # h-steps now add 3 > pooled std 1 beyond the penalty's gain
+    assert verdict(evaluate_claims({"table2_regularization": t2}), 5)["verdict"] == "does not hold"
+
+    fig = pd.concat([summ([("bptt", None, bp, 1.0, 2), ("admm", 1, bt, 1.0, 2)], dataset="d", hidden=h)
+                     for h, bp, bt in [(32, 120.0, 110.0), (64, 100.0, 95.0), (128, 90.0, 89.0)]])
+    assert verdict(evaluate_claims({"figure_hidden": fig}), 6)["verdict"] == "holds"
+    fig.loc[(fig["hidden"] == 128) & (fig["method"] == "bptt"), "valid_mean"] = 110.0  # ratio rises
+    assert verdict(evaluate_claims({"figure_hidden": fig}), 6)["verdict"] == "does not hold"
+    one = fig[fig["hidden"] == 32]
+    assert verdict(evaluate_claims({"figure_hidden": one}), 6)["verdict"] == "inconclusive"
+
+
+def test_claims_accumulate_from_csvs_across_reports(tmp_path):
+    sweep3 = tmp_path / "t3"
+    # words: test rises overall (3 -> 4) but not monotonically, so the claim fails
+    for d, test_32 in [("sample_chars", 4.0), ("sample_words", 6.0)]:
+        for b, train, test in [(16, 2.0, 3.0), (32, 2.5, test_32), (64, 3.0, 5.0 if d == "sample_chars" else 4.0)]:
+            make_run(sweep3, 5.0, train=train, test=test, name="table3_minibatch",
+                     dataset__name=d, train__batch_size=b)
+    out = tmp_path / "out"
+    assert report.main([str(sweep3), "--out", str(out)]) == 0
+    assert report.main([str(table1_sweep(tmp_path)), "--out", str(out)]) == 0
+    claims = (out / "claims.md").read_text()
+    c7 = claims.split("## Claim 7")[1].split("## Claim 8")[0]
+    assert "- **sample_chars: holds**" in c7 and "- **sample_words: does not hold**" in c7
+    c1 = claims.split("## Claim 1")[1].split("## Claim 2")[0]
+    assert "no runs" not in c1.split("sample_chars")[1].split("\n")[0]  # table 1 was read too
+    c8 = claims.split("## Claim 8")[1]
+    assert "inconclusive**" in c8 and "no runs" in c8

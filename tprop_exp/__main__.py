@@ -1,0 +1,71 @@
+"""Command line: python -m tprop_exp [experiment=NAME] [group=option] [key=value ...] [-m]
+
+Hydra composes conf/ into one config per run; `train.run` does the work.
+Bad input (an unknown option, a bad value, a missing data file) ends with one
+line on stderr and exit status 2. In a sweep (-m), a run that crashes is
+recorded as `failed` and the sweep goes on.
+"""
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from . import UserError, records, train
+
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
+# A run's folder is named by its overrides; the run with none is "defaults",
+# so that it is never the parent folder of another run.
+OmegaConf.register_new_resolver("run_id", lambda overrides: overrides or "defaults", replace=True)
+
+
+@hydra.main(config_path=CONF, config_name="config", version_base="1.3")
+def main(cfg: DictConfig):
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    try:
+        return train.run(cfg, run_dir, overrides=hc.overrides.task)
+    except UserError:
+        raise
+    except Exception as e:  # a crash: record it; a sweep goes on with the next run
+        records.write_json(run_dir / "result.json", {
+            "status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0],
+            "config": records.resolved_config(cfg), **records.provenance(train.pick_device("cpu")),
+        })
+        if hc.mode == RunMode.MULTIRUN:
+            traceback.print_exc()
+            return None
+        raise
+
+
+def one_line(e):
+    """Hydra's multi-line messages folded into one line for the user."""
+    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+    if not lines:
+        return type(e).__name__
+    msg = lines[0]
+    if "Available options" in str(e):
+        i = next(i for i, s in enumerate(lines) if s.startswith("Available options"))
+        opts = [s for s in lines[i + 1:] if " " not in s and "=" not in s]
+        msg += f" (available: {', '.join(opts)})"
+    return msg
+
+
+def cli():
+    # Let Hydra's errors reach us, so that they become one line and status 2.
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        main()
+    except (UserError, HydraException, OmegaConfBaseException) as e:
+        print(f"tprop_exp: error: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,353 @@
+"""The eight claims of SPEC §4, checked against the report's tables.
+
+Input: the tidy summaries that `tprop_exp.report` writes as CSV (one row per
+table cell: its keys such as dataset, mode, K, method, h_steps, hidden,
+batch_size, then `<metric>_mean`, `<metric>_std`, `<metric>_n` for metric in
+valid, test, train).  `evaluate_claims` gives one verdict per claim and
+dataset; `claims_markdown` renders them with the rules and the numbers.
+"""
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+COMPARABLE = 0.05   # "comparable": means within 5% (relative)
+SMALL_GAIN = 0.05   # claim 4: "gains little" = less than 5% lower perplexity
+SINGLE_SEED = 0.02  # margin when either cell has a single seed: 2% of the lower mean
+
+HOLDS, FAILS, UNSURE = "holds", "does not hold", "inconclusive"
+
+RULES = f"""\
+- Cells are means over seeds of completed runs (diverged and failed runs are
+  left out); lower perplexity is better. Unless a claim says otherwise the
+  metric is validation perplexity.
+- **worse / better**: A is worse than B when mean(A) − mean(B) exceeds the
+  *margin*: the pooled standard deviation over seeds of the two cells, or,
+  when either cell has a single seed, {SINGLE_SEED:.0%} of the lower mean
+  (marked "single seed").
+- **comparable**: the two means differ by at most {COMPARABLE:.0%} of the
+  second (relative).
+- **best BTPROP**: the BTPROP row (any method and h-step count) with the
+  lowest mean in that column.
+- A claim that needs cells that are absent is **inconclusive**; "no runs"
+  means its table has no CSV in this folder, or no row for that dataset.
+"""
+
+
+@dataclass
+class Cell:
+    label: str
+    mean: float
+    std: float
+    n: int
+
+    def __str__(self):
+        return f"{self.label} {fmt_stat(self.mean, self.std, self.n)}"
+
+
+def fmt_num(x, mean):
+    # One decimal for word-level perplexities, two for character-level ones.
+    return f"{x:.1f}" if abs(mean) >= 10 else f"{x:.2f}"
+
+
+def fmt_stat(mean, std, n):
+    """`182.3 ± 1.2 (3)`; just the mean for one seed; `–` for none."""
+    if not n or pd.isna(mean):
+        return "–"
+    if n == 1 or pd.isna(std):
+        return fmt_num(mean, mean)
+    return f"{fmt_num(mean, mean)} ± {fmt_num(std, mean)} ({int(n)})"
+
+
+def row_name(row):
+    if row["method"] == "bptt":
+        return "BPTT"
+    h = "" if pd.isna(row["h_steps"]) else f" n_h={int(row['h_steps'])}"
+    return f"BTPROP {row['method']}{h}"
+
+
+def cell(row, metric="valid", label=None):
+    return Cell(label or row_name(row), float(row[f"{metric}_mean"]),
+                float(row[f"{metric}_std"]), int(row[f"{metric}_n"]))
+
+
+def best(rows, metric="valid"):
+    """The row with the lowest mean, as a Cell (None when there is none)."""
+    rows = rows.dropna(subset=[f"{metric}_mean"])
+    if rows.empty:
+        return None
+    return cell(rows.loc[rows[f"{metric}_mean"].idxmin()], metric)
+
+
+def margin(a, b):
+    if a.n >= 2 and b.n >= 2:
+        pooled = ((a.n - 1) * a.std ** 2 + (b.n - 1) * b.std ** 2) / (a.n + b.n - 2)
+        return math.sqrt(pooled), "pooled std"
+    return SINGLE_SEED * min(a.mean, b.mean), "single seed, 2%"
+
+
+def worse(a, b):
+    """(is a worse than b, text of the comparison)."""
+    m, how = margin(a, b)
+    d = a.mean - b.mean
+    return d > m, f"difference {d:+.3g}, margin {m:.3g} ({how})"
+
+
+def rel(a, b):
+    return (a.mean - b.mean) / b.mean
+
+
+def _split(s):
+    return s[s["method"] == "bptt"], s[s["method"] != "bptt"]
+
+
+# Each check takes one dataset's rows of its table and returns (verdict, lines).
+
+def claim1(s):
+    bptt, bt = _split(s[s["mode"] == "batch"])
+    ks = sorted(set(bptt["K"]) & set(bt["K"]))
+    if not ks:
+        return UNSURE, ["no batch-mode K with both BPTT and BTPROP runs"]
+    ok, lines = True, []
+    for k in ks[len(ks) // 2:]:  # the larger half of the K values
+        a, b = best(bt[bt["K"] == k]), best(bptt[bptt["K"] == k])
+        if a is None or b is None:
+            continue
+        r = rel(a, b)
+        ok &= abs(r) <= COMPARABLE
+        lines.append(f"K={k}: {a} vs {b}: {r:+.1%} → "
+                     f"{'comparable' if abs(r) <= COMPARABLE else 'not comparable'}")
+    if not lines:
+        return UNSURE, ["no completed cells to compare"]
+    return (HOLDS if ok else FAILS), lines
+
+
+def claim2(s):
+    _, bt = _split(s.dropna(subset=["valid_mean", "h_steps"]))
+    ok, lines = True, []
+    for (mode, k, method), g in bt.groupby(["mode", "K", "method"]):
+        g = g.sort_values("h_steps")
+        if len(g) < 2:
+            continue
+        cells = [cell(r) for _, r in g.iterrows()]
+        bad = []
+        for i, a in enumerate(cells):
+            for b in cells[i + 1:]:
+                helps, how = worse(a, b)  # fewer h-steps worse: more h-steps help
+                if helps:
+                    bad.append(f"{b.label} improves on {a.label} ({how})")
+        ok &= not bad
+        lines.append(f"{mode} K={k}: " + ", ".join(map(str, cells)) + " → "
+                     + ("; ".join(bad) if bad else "no improvement beyond the margin"))
+    if not lines:
+        return UNSURE, ["no column with two or more h-step counts"]
+    return (HOLDS if ok else FAILS), lines
+
+
+def claim3(s):
+    ok, lines, done = True, [], set()
+    for family, rows in zip(("BPTT", "BTPROP"), _split(s)):
+        ks = set(rows.loc[rows["mode"] == "batch", "K"]) & set(rows.loc[rows["mode"] == "minibatch", "K"])
+        for k in sorted(ks):
+            a = best(rows[(rows["mode"] == "batch") & (rows["K"] == k)])
+            b = best(rows[(rows["mode"] == "minibatch") & (rows["K"] == k)])
+            if a is None or b is None:
+                continue
+            w, how = worse(a, b)
+            ok &= w
+            done.add(family)
+            lines.append(f"{family} K={k}: batch {a} vs mini-batch {b}: {how} → "
+                         f"{'batch worse' if w else 'batch not clearly worse'}")
+    if not ok:
+        return FAILS, lines
+    if done != {"BPTT", "BTPROP"}:
+        missing = " and ".join(sorted({"BPTT", "BTPROP"} - done))
+        return UNSURE, lines + [f"no K with both modes for {missing}"]
+    return HOLDS, lines
+
+
+def claim4(s):
+    bptt, bt = _split(s[s["mode"] == "minibatch"])
+    ok, lines = True, []
+    for k in sorted(set(bptt["K"]) & set(bt["K"])):
+        a, b = best(bt[bt["K"] == k]), best(bptt[bptt["K"] == k])
+        if a is None or b is None:
+            continue
+        gain = -rel(a, b)
+        ok &= gain < SMALL_GAIN
+        lines.append(f"K={k}: {a} vs {b}: gain {gain:+.1%}")
+    if not lines:
+        return UNSURE, ["no mini-batch K with both BPTT and BTPROP runs"]
+    return (HOLDS if ok else FAILS), lines
+
+
+def claim5(s):
+    bptt, bt = _split(s)
+    ok, lines = True, []
+    for k in sorted(set(bptt["K"]) & set(bt["K"])):
+        at_k = bt[bt["K"] == k]
+        ref = best(bptt[bptt["K"] == k])
+        h0, hn = best(at_k[at_k["h_steps"] == 0]), best(at_k[at_k["h_steps"] > 0])
+        if ref is None or h0 is None or hn is None:
+            continue
+        more, how = worse(h0, hn)  # n_h=0 worse than n_h>0: h-steps add a gain
+        ok &= not more
+        lines.append(f"K={k}: {ref}; penalty only {h0} (gain {ref.mean - h0.mean:+.3g}); "
+                     f"{hn} (gain {ref.mean - hn.mean:+.3g}); extra gain of h-steps: {how} → "
+                     + ("larger than the margin" if more else "within the margin"))
+    if not lines:
+        return UNSURE, ["no K with BPTT, n_h=0 and n_h>0 runs"]
+    return (HOLDS if ok else FAILS), lines
+
+
+def claim6(s):
+    bptt, bt = _split(s)
+    pairs = []
+    for h in sorted(set(bptt["hidden"]) & set(bt["hidden"])):
+        a, b = best(bptt[bptt["hidden"] == h]), best(bt[bt["hidden"] == h])
+        if a is not None and b is not None:
+            pairs.append((h, a, b, a.mean / b.mean))
+    if len(pairs) < 2:
+        return UNSURE, ["fewer than two hidden sizes with both BPTT and BTPROP runs"]
+    lines = [f"hidden={h}: {a} / {b} = {r:.3f}" for h, a, b, r in pairs]
+    w, how = worse(pairs[0][1], pairs[0][2])
+    ratios = [r for *_, r in pairs]
+    falling = all(y <= x for x, y in zip(ratios, ratios[1:])) and ratios[-1] < ratios[0]
+    lines.append(f"smallest hidden size: BPTT {'worse' if w else 'not worse'} ({how}); "
+                 f"ratio {'decreases' if falling else 'does not decrease'} monotonically")
+    return (HOLDS if w and falling else FAILS), lines
+
+
+def claim7(s):
+    verdicts, lines = [], []
+    for metric in ("train", "test"):
+        g = s.dropna(subset=[f"{metric}_mean"]).sort_values("batch_size")
+        if len(g) < 2:
+            verdicts.append(UNSURE)
+            lines.append(f"{metric}: fewer than two batch sizes")
+            continue
+        cells = [cell(r, metric, f"B={int(r['batch_size'])}") for _, r in g.iterrows()]
+        means = pd.Series([c.mean for c in cells])
+        rho = g["batch_size"].rank().reset_index(drop=True).corr(means.rank())
+        rising = means.is_monotonic_increasing
+        w, how = worse(cells[-1], cells[0])
+        verdicts.append(HOLDS if rising and w else FAILS)
+        lines.append(f"{metric}: " + ", ".join(map(str, cells)) + f"; Spearman ρ={rho:+.2f}; "
+                     f"{'non-decreasing' if rising else 'not monotone'}; largest vs smallest B: {how}")
+    if FAILS in verdicts:
+        return FAILS, lines
+    return (UNSURE if UNSURE in verdicts else HOLDS), lines
+
+
+def claim8(s):
+    ok, lines = True, []
+    for (mode, k), g in s.groupby(["mode", "K"]):
+        c = {m: best(g[g["method"] == m]) for m in ("admm", "alm", "penalty")}
+        if None in c.values():
+            continue
+        w1, how1 = worse(c["admm"], c["alm"])
+        w2, how2 = worse(c["alm"], c["penalty"])
+        ok &= not (w1 or w2)
+        lines.append(f"{mode} K={k}: {c['admm']}, {c['alm']}, {c['penalty']}; "
+                     f"admm vs alm: {how1}{' (admm worse)' if w1 else ''}; "
+                     f"alm vs penalty: {how2}{' (alm worse)' if w2 else ''}")
+    if not lines:
+        return UNSURE, ["no column with admm, alm and penalty runs"]
+    return (HOLDS if ok else FAILS), lines
+
+
+# (number, claim, table it reads, rule, check)
+CLAIMS = [
+    (1, "Batch BTPROP is roughly comparable to batch BPTT for larger K.", "table1_main",
+     "Batch mode; for each K in the larger half of the K values with both BPTT and BTPROP "
+     "(the largest K when there is one or two), best BTPROP is comparable to BPTT. "
+     "Holds when it is at every such K.", claim1),
+    (2, "More h-steps do not improve BTPROP.", "table1_main",
+     "For each mode, K and BTPROP method with two or more h-step counts, no larger count is "
+     "better than a smaller one (by the margin). Holds when no such pair exists.", claim2),
+    (3, "Batch BTPROP and batch BPTT are both clearly worse than their mini-batch counterparts.",
+     "table1_main",
+     "For each K run in both modes, batch is worse than mini-batch, for BPTT and for best "
+     "BTPROP. Holds when every comparison is, and there is one for each of BPTT and BTPROP.",
+     claim3),
+    (4, "Mini-batch BTPROP gains little over BPTT.", "table1_main",
+     f"Mini-batch mode; at every K, best BTPROP's perplexity is less than {SMALL_GAIN:.0%} "
+     "below BPTT's (or above it).", claim4),
+    (5, "That small gain comes from the penalty's regularisation, not from longer dependencies.",
+     "table2_regularization",
+     "At every K, the gain over BPTT of best BTPROP with n_h>0 is no larger than the gain of "
+     "n_h=0 (penalty only) plus the margin, i.e. n_h=0 is not worse than best n_h>0.", claim5),
+    (6, "BPTT is worse than BTPROP at small hidden sizes and improves relatively as the hidden "
+     "size grows.", "figure_hidden",
+     "With ratio = BPTT / best BTPROP valid perplexity at each hidden size (two or more sizes): "
+     "BPTT is worse at the smallest size, and the ratio never rises and ends lower than it "
+     "started.", claim6),
+    (7, "Larger BPTT mini-batches raise both train and test perplexity.", "table3_minibatch",
+     "Train and test perplexity each: non-decreasing in the batch size, and the largest batch "
+     "size worse than the smallest (Spearman ρ shown for reference).", claim7),
+    (8, "ADMM ≥ ALM ≥ penalty.", "methods",
+     "In each column (mode, K) with all three: admm not worse than alm, and alm not worse than "
+     "penalty (best over h-step counts). Holds when so in every such column.", claim8),
+]
+
+# Columns each table's CSV must have for its claims.
+NEEDS = {
+    "table1_main": ["dataset", "mode", "K", "method", "h_steps"],
+    "table2_regularization": ["dataset", "K", "method", "h_steps"],
+    "figure_hidden": ["dataset", "hidden", "method", "h_steps"],
+    "table3_minibatch": ["dataset", "batch_size"],
+    "methods": ["dataset", "mode", "K", "method", "h_steps"],
+}
+CLAIM_TABLES = list(NEEDS)
+
+
+def evaluate_claims(summaries):
+    """Verdicts for every claim and dataset.
+
+    summaries: {table name: tidy summary DataFrame} (absent tables may be left
+    out).  Returns a DataFrame with columns claim, dataset, verdict, evidence
+    (a list of lines); dataset is "all" where the claim's table is missing.
+    """
+    datasets = sorted({d for s in summaries.values() if "dataset" in s for d in s["dataset"].dropna()})
+    out = []
+    for number, _, table, _, check in CLAIMS:
+        s = summaries.get(table)
+        lacking = [] if s is None else [
+            c for c in NEEDS[table] + ["valid_mean", "valid_std", "valid_n"] if c not in s]
+        if s is None or lacking:
+            why = f"{table}.csv lacks columns {', '.join(lacking)}" if lacking else "no runs"
+            out += [(number, d, UNSURE, [why]) for d in datasets or ["all"]]
+            continue
+        stats = [c for c in s if c.endswith(("_mean", "_std", "_n"))]
+        s = s.assign(**{c: pd.to_numeric(s[c], errors="coerce") for c in stats})
+        for d in datasets:
+            rows = s[s["dataset"] == d]
+            if rows.empty:
+                out.append((number, d, UNSURE, ["no runs"]))
+            else:
+                out.append((number, d, *check(rows)))
+    return pd.DataFrame(out, columns=["claim", "dataset", "verdict", "evidence"])
+
+
+def claims_markdown(results, sources, command):
+    """claims.md: the rules, a summary grid (claim x dataset), then the evidence.
+    sources: the tables whose CSVs were read."""
+    grid = results.pivot_table(index="claim", columns="dataset", values="verdict", aggfunc="first")
+    grid = grid.fillna("").rename(index={n: f"{n}. {text}" for n, text, *_ in CLAIMS})
+    found = ", ".join(f"`{t}.csv`" for t in sources) or "none"
+    parts = [
+        "# The paper's claims, checked against the runs", "",
+        f"Generated by `{command}` from the tables' CSVs in this folder (each claim reads the "
+        f"table named below): {found}. A table reported again replaces its CSV, and this file "
+        "is rebuilt each time the report runs.", "",
+        "## Rules", "", RULES,
+        "## Summary", "", grid.to_markdown(disable_numparse=True), "",
+    ]
+    for number, text, table, rule, _ in CLAIMS:
+        parts += [f"## Claim {number}: {text}", "", f"Table: `{table}`. Rule: {rule}", ""]
+        for _, r in results[results["claim"] == number].iterrows():
+            parts.append(f"- **{r['dataset']}: {r['verdict']}**")
+            parts += [f"  - {line}" for line in r["evidence"]]
+        parts.append("")
+    return "\n".join(parts)

@@ -1,0 +1,64 @@
+"""The language model (SPEC §1): embedding, recurrent cell, linear decoder.
+
+The recurrent cell is a torch.nn RNN/GRU/LSTM module, so a GPU runs cuDNN.
+Tensors are time-major: tokens (T, n) -> logits (T, n, V).
+
+The *state* is what the recurrence carries: a tensor (L, n, d) for RNN/GRU and
+a pair (h, c) of such tensors for LSTM. BTPROP keeps free variables in that
+space, flattened per sequence to a vector of size `state_size` by `flat_state`.
+"""
+import torch
+from torch import nn
+
+CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+
+
+class LanguageModel(nn.Module):
+    def __init__(self, vocab_size, cell="lstm", hidden_size=100, num_layers=1, init_range=0.1):
+        super().__init__()
+        if cell not in CELLS:
+            raise ValueError(f"unknown cell {cell!r}; choose one of {sorted(CELLS)}")
+        self.cell, self.hidden_size, self.num_layers = cell, hidden_size, num_layers
+        self.embed = nn.Embedding(vocab_size, hidden_size)  # embedding size = hidden size
+        self.rnn = CELLS[cell](hidden_size, hidden_size, num_layers)
+        self.decoder = nn.Linear(hidden_size, vocab_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -init_range, init_range)
+
+    @property
+    def state_size(self):
+        """Length of one sequence's flattened state: L·d, or 2·L·d for an LSTM."""
+        return self.num_layers * self.hidden_size * (2 if self.cell == "lstm" else 1)
+
+    def forward(self, tokens, state):
+        """tokens (T, n), state for n sequences -> logits (T, n, V), final state."""
+        out, state = self.rnn(self.embed(tokens), state)
+        return self.decoder(out), state
+
+    def zero_state(self, n, device=None, dtype=None):
+        p = self.decoder.weight
+        z = torch.zeros(self.num_layers, n, self.hidden_size,
+                        device=device or p.device, dtype=dtype or p.dtype)
+        return (z, z.clone()) if self.cell == "lstm" else z
+
+    def flat_state(self, state):
+        """State for n sequences -> (n, state_size); layer-major, h before c."""
+        parts = state if isinstance(state, tuple) else (state,)
+        return torch.cat([s.transpose(0, 1).reshape(s.shape[1], -1) for s in parts], dim=1)
+
+    def unflat_state(self, flat):
+        """(n, state_size) -> the module's state for n sequences (inverse of flat_state)."""
+        n, L, d = flat.shape[0], self.num_layers, self.hidden_size
+        parts = [p.reshape(n, L, d).transpose(0, 1).contiguous()
+                 for p in flat.split(L * d, dim=1)]
+        return tuple(parts) if self.cell == "lstm" else parts[0]
+
+
+def detach(state):
+    """Cut the graph at a window boundary: no gradient crosses it."""
+    return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+
+
+def build_model(arch_cfg, vocab_size):
+    return LanguageModel(vocab_size, cell=arch_cfg.cell, hidden_size=arch_cfg.hidden_size,
+                         num_layers=arch_cfg.num_layers, init_range=arch_cfg.init_range)

@@ -1,0 +1,125 @@
+"""Run records (SPEC §3): metrics.jsonl, result.json, checkpoints, provenance.
+
+Everything is written atomically (a temporary file, then os.replace), so a
+killed run never leaves half a file behind. A run's identity is its folder,
+which Hydra derives from the overrides (conf/config.yaml): asking for the
+same run twice finds the same folder, which resumes or returns at once.
+"""
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from . import UserError
+
+# Keys that do not change what a run computes, so may differ on a re-run.
+VOLATILE = ("train.device", "train.ckpt_interval_s", "data_dir")
+
+
+def atomic_write(path, write):
+    """Call write(file_object) on a temporary file, then move it into place."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path, obj):
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def write_metrics(run_dir, history):
+    lines = "".join(json.dumps(row) + "\n" for row in history)
+    atomic_write(Path(run_dir) / "metrics.jsonl", lambda f: f.write(lines.encode()))
+
+
+def save_checkpoint(run_dir, ckpt):
+    atomic_write(Path(run_dir) / "checkpoint.pt", lambda f: torch.save(ckpt, f))
+
+
+def load_checkpoint(run_dir, config):
+    path = Path(run_dir) / "checkpoint.pt"
+    if not path.exists():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:
+        raise UserError(f"checkpoint {path} is unreadable; delete it to start the run afresh")
+    check_same_config(ckpt["config"], config, path)
+    return ckpt
+
+
+def identity(config):
+    """The config as a dict, less the keys that do not change the result."""
+    cfg = json.loads(json.dumps(config))
+    for key in VOLATILE:
+        *parents, leaf = key.split(".")
+        node = cfg
+        for k in parents:
+            node = node.get(k, {})
+        node.pop(leaf, None)
+    return cfg
+
+
+def check_same_config(old, new, path):
+    if identity(old) != identity(new):
+        raise UserError(f"{path} belongs to a run with a different config; "
+                        "choose another hydra.run.dir or delete that folder")
+
+
+def finished_result(run_dir, config):
+    """The run's result if it has already finished with this config, else None."""
+    path = Path(run_dir) / "result.json"
+    if not path.exists():
+        return None
+    try:
+        result = json.loads(path.read_text())
+    except ValueError:
+        return None  # a foreign or damaged file: run again
+    check_same_config(result.get("config", {}), config, path)
+    return result
+
+
+def resolved_config(cfg):
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def git_commit():
+    """The commit of the code that runs, '+dirty' when it has local changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
+                                capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def provenance(device):
+    return {
+        "commit": git_commit(),
+        "torch": torch.__version__,
+        "device": device_name(device),
+        "command": " ".join(["python -m tprop_exp"] + sys.argv[1:]),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
