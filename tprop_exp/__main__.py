@@ -23,6 +23,8 @@ CONF = str(Path(__file__).resolve().parent.parent / "conf")
 # A run's folder is named by its overrides; the run with none is "defaults",
 # so that it is never the parent folder of another run.
 OmegaConf.register_new_resolver("run_id", lambda overrides: overrides or "defaults", replace=True)
+# seeds=N in a sweep: train.seed runs over N seeds from the base seed.
+OmegaConf.register_new_resolver("seed_list", lambda n, base=1111: ",".join(str(base + i) for i in range(int(n))), replace=True)
 
 
 @hydra.main(config_path=CONF, config_name="config", version_base="1.3")

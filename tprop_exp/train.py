@@ -64,6 +64,8 @@ def run(cfg, run_dir, overrides=()):
         return done
     check_config(cfg)
     device = pick_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     corpus = load_corpus(cfg.dataset, resolve_data_dir(cfg.data_dir))
     if cfg.train.train_tokens:
         corpus.train = corpus.train[:cfg.train.train_tokens]

@@ -1,0 +1,71 @@
+"""Every experiment config composes, resolves and passes the run's checks, for both profiles."""
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+import tprop_exp.__main__  # noqa: F401  (registers the config resolvers)
+from tprop_exp.__main__ import CONF
+from tprop_exp.train import check_config
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONF) / "experiment").glob("*.yaml"))
+PAPER = ["table1_main", "table2_regularization", "table3_minibatch", "figure_hidden", "methods"]
+
+
+def test_every_paper_experiment_exists():
+    assert set(PAPER) <= set(EXPERIMENTS)
+
+
+def sweep_of(cfg):
+    """The sweep's override strings, resolved as Hydra's sweeper resolves them."""
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=True)
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    return {o.key_or_group: [str(v) for v in o.sweep_iterator()] if o.is_sweep_override()
+            else [o.value()] for o in parsed}
+
+
+@pytest.mark.parametrize("profile", ["sample", "paper"])
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes(name, profile):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment={name}", f"profile={profile}"],
+                      return_hydra_config=True)
+        sweep = sweep_of(cfg)
+        assert cfg.name == name
+        # Every point of the sweep composes into a valid run config.
+        first = [f"{k}={v[0]}" for k, v in sweep.items()]
+        last = [f"{k}={v[-1]}" for k, v in sweep.items()]
+        for point in (first, last):
+            run = compose("config", overrides=[f"experiment={name}", f"profile={profile}", *point])
+            check_config(run)
+            OmegaConf.to_container(run, resolve=True)  # no dangling interpolation
+    if name in PAPER:
+        datasets = set(sweep["dataset"])
+        expect = {"sample_chars", "sample_words"} if profile == "sample" else {"text8", "wiki_large"}
+        assert datasets == expect
+
+
+def test_table_sweeps_cover_the_claims():
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        t1 = sweep_of(compose("config", overrides=["experiment=table1_main"], return_hydra_config=True))
+        t3 = sweep_of(compose("config", overrides=["experiment=table3_minibatch"], return_hydra_config=True))
+        fig = sweep_of(compose("config", overrides=["experiment=figure_hidden"], return_hydra_config=True))
+    assert set(t1["method.mode"]) == {"batch", "minibatch"}
+    assert len(t1["method.block_size"]) >= 2 and {"bptt", "h0", "h1", "h5"} <= set(t1["row"])
+    assert len(t3["train.batch_size"]) >= 3
+    assert len(fig["arch.hidden_size"]) >= 3
+
+
+def test_seeds_key_expands_to_seed_list():
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=methods", "seeds=3"], return_hydra_config=True)
+    assert sweep_of(cfg)["train.seed"] == ["1111", "1112", "1113"]
+
+
+def test_rows_select_the_method():
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        for row, name, h in [("bptt", "bptt", 0), ("h0", "admm", 0), ("h5", "admm", 5), ("alm", "alm", 5)]:
+            cfg = compose("config", overrides=["experiment=table1_main", f"row={row}"])
+            assert (cfg.method.name, cfg.method.h_steps) == (name, h)
