@@ -158,9 +158,13 @@ def _ignored(col):
 
 
 def varying_keys(runs):
-    """Config columns (besides seed, device, paths) whose value differs between runs."""
+    """Config columns (besides seed, device, paths) whose value differs between runs.
+
+    Missing values do not count: a BTPROP key that BPTT runs lack varies only
+    if it differs between the runs that have it.
+    """
     cols = [c for c in runs if c.startswith("config.") and not _ignored(c)]
-    return [c for c in cols if runs[c].map(str).nunique() > 1]
+    return [c for c in cols if runs[c].dropna().map(str).nunique() > 1]
 
 
 def pooled_keys(runs, keys):
