@@ -33,8 +33,9 @@ def main(cfg: DictConfig):
     run_dir = Path(hc.runtime.output_dir)
     try:
         return train.run(cfg, run_dir, overrides=hc.overrides.task)
-    except UserError:
-        raise
+    except UserError as e:  # exit here, before Hydra adds lines of its own
+        print(f"tprop_exp: error: {e}", file=sys.stderr)
+        sys.exit(2)
     except Exception as e:  # a crash: record it; a sweep goes on with the next run
         records.write_json(run_dir / "result.json", {
             "status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0],

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from . import UserError
 from .data import batchify
 from .models import detach
 
@@ -21,6 +22,9 @@ def windows(stream, batch_size, K):
     """(inputs, targets) of shape (nw, K, B): the K-step windows of B streams."""
     data = batchify(stream, batch_size)
     nw = (data.shape[0] - 1) // K
+    if nw == 0:
+        raise UserError(f"the training split ({len(stream)} tokens) is too short for one window "
+                        f"of {K} steps in {batch_size} streams (train.batch_size, method.block_size)")
     x = data[:nw * K].reshape(nw, K, -1)
     y = data[1:nw * K + 1].reshape(nw, K, -1)
     return x, y
@@ -36,8 +40,6 @@ def train_epoch(model, opt, stream, *, batch_size, K, clip, mode, pos=None, on_u
     x, y = windows(stream, batch_size, K)
     x, y = x.to(device), y.to(device)
     nw = x.shape[0]
-    if nw == 0:
-        raise ValueError("training split shorter than one window")
     start = pos["update"] if pos else 0
     state = pos["state"] if pos else model.zero_state(x.shape[2])
     nll_sum = pos["nll_sum"] if pos else torch.zeros((), dtype=torch.float64, device=device)

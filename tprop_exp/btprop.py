@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from . import UserError
 from .bptt import step as theta_step
 from .models import detach
 
@@ -226,7 +227,8 @@ def train_epoch(model, opt, stream, m, *, batch_size, clip, lam, duals_on, chunk
     x, y = x.to(device), y.to(device)
     nb = x.shape[1]
     if nb < 2:
-        raise ValueError("training split shorter than two blocks")
+        raise UserError(f"the training split ({len(stream)} tokens) is shorter than two blocks "
+                        f"of {m.block_size}")
     dtype = model.decoder.weight.dtype
     h0 = model.flat_state(model.zero_state(1))
     model.train()

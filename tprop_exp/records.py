@@ -6,6 +6,7 @@ which Hydra derives from the overrides (conf/config.yaml): asking for the
 same run twice finds the same folder, which resumes or returns at once.
 """
 import json
+import math
 import os
 import platform
 import subprocess
@@ -30,18 +31,31 @@ def atomic_write(path, write):
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; records are for everyone to read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def finite(obj):
+    """Non-finite floats become null, so that every JSON reader accepts the records."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
 def write_json(path, obj):
-    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+    text = json.dumps(finite(obj), indent=2, allow_nan=False) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def write_metrics(run_dir, history):
-    lines = "".join(json.dumps(row) + "\n" for row in history)
+    lines = "".join(json.dumps(finite(row), allow_nan=False) + "\n" for row in history)
     atomic_write(Path(run_dir) / "metrics.jsonl", lambda f: f.write(lines.encode()))
 
 
@@ -89,6 +103,8 @@ def finished_result(run_dir, config):
     except ValueError:
         return None  # a foreign or damaged file: run again
     check_same_config(result.get("config", {}), config, path)
+    if result.get("status") == "failed":
+        return None  # a crash (out of memory, say) is tried again, from its checkpoint
     return result
 
 

@@ -28,8 +28,10 @@ def check_config(cfg):
         "arch.hidden_size": cfg.arch.hidden_size, "arch.num_layers": cfg.arch.num_layers,
         "method.block_size": cfg.method.block_size, "train.batch_size": cfg.train.batch_size,
         "train.eval_batch_size": cfg.train.eval_batch_size, "train.max_epochs": cfg.train.max_epochs,
-        "train.lr": cfg.train.lr,
+        "train.lr": cfg.train.lr, "train.patience": cfg.train.patience,
     }
+    if cfg.train.train_tokens is not None:
+        positive["train.train_tokens"] = cfg.train.train_tokens
     if cfg.method.name != "bptt":
         positive["method.chunk_blocks"] = cfg.method.chunk_blocks
     for key, value in positive.items():
@@ -67,7 +69,7 @@ def run(cfg, run_dir, overrides=()):
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     corpus = load_corpus(cfg.dataset, resolve_data_dir(cfg.data_dir))
-    if cfg.train.train_tokens:
+    if cfg.train.train_tokens is not None:
         corpus.train = corpus.train[:cfg.train.train_tokens]
     torch.manual_seed(cfg.train.seed)
     dtype = getattr(torch, cfg.train.dtype)
@@ -126,6 +128,7 @@ class Trainer:
 
     def on_update(self, pos):
         if time.monotonic() - self.last_save > self.cfg.train.ckpt_interval_s:
+            pos["elapsed"] = time.perf_counter() - self.epoch_t0  # this epoch's seconds so far
             self.checkpoint(pos)
 
     def train_epoch(self):
@@ -147,12 +150,12 @@ class Trainer:
         cfg = self.cfg
         limit = 2 * math.log(len(self.corpus.vocab))  # a mean NLL above this has exploded
         while self.epoch < cfg.train.max_epochs and self.bad_epochs < cfg.train.patience:
-            t0 = time.perf_counter()
+            self.epoch_t0 = time.perf_counter() - (self.pos or {}).get("elapsed", 0.0)
             try:
                 stats = self.train_epoch()
             except torch.OutOfMemoryError as e:
                 return "failed", f"out of memory: {e}".splitlines()[0]
-            seconds = time.perf_counter() - t0
+            seconds = time.perf_counter() - self.epoch_t0
             valid_nll, valid_ppl = evaluate(self.model, self.corpus.valid, cfg.train.eval_batch_size)
             self.epoch += 1
             self.wall += seconds
