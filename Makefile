@@ -41,26 +41,20 @@ bench: $(STAMP)
 	$(PY) scripts/bench.py
 
 # The paper's tables: a sweep, then its report. PROFILE=paper for the real data on a GPU.
-SWEEP = $(RUN) -m experiment=$(1) profile=$(PROFILE) $(if $(filter-out 1,$(JOBS)),hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS))
 OUT = results$(if $(filter-out sample,$(PROFILE)),/$(PROFILE))
+LAUNCHER = $(if $(filter-out 1,$(JOBS)),hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS))
+table1: EXP = table1_main
+table2: EXP = table2_regularization
+table3: EXP = table3_minibatch
+figure: EXP = figure_hidden
+methods: EXP = methods
 
-table1: $(STAMP)
-	$(call SWEEP,table1_main)
-	$(REPORT) sweeps/table1_main/$(PROFILE) --out $(OUT)
-table2: $(STAMP)
-	$(call SWEEP,table2_regularization)
-	$(REPORT) sweeps/table2_regularization/$(PROFILE) --out $(OUT)
-table3: $(STAMP)
-	$(call SWEEP,table3_minibatch)
-	$(REPORT) sweeps/table3_minibatch/$(PROFILE) --out $(OUT)
-figure: $(STAMP)
-	$(call SWEEP,figure_hidden)
-	$(REPORT) sweeps/figure_hidden/$(PROFILE) --out $(OUT)
-methods: $(STAMP)
-	$(call SWEEP,methods)
-	$(REPORT) sweeps/methods/$(PROFILE) --out $(OUT)
+table1 table2 table3 figure methods: $(STAMP)
+	$(RUN) -m experiment=$(EXP) profile=$(PROFILE) $(LAUNCHER)
+	$(REPORT) sweeps/$(EXP)/$(PROFILE) --out $(OUT)
+
 all-tables: table1 table2 table3 figure methods
-	$(REPORT) sweeps/*/$(PROFILE) --out $(OUT)
+	$(REPORT) $(foreach e,table1_main table2_regularization table3_minibatch figure_hidden methods,sweeps/$(e)/$(PROFILE)) --out $(OUT)
 
 clean:
 	rm -rf runs sweeps outputs multirun

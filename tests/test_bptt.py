@@ -20,16 +20,6 @@ from helpers import grads, params, stream, tiny_model
 CELLS = ["rnn", "gru", "lstm"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is fastest, and on a shared 2-core machine
-    OpenMP's spinning threads make many small ops many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def hand_loss(model, column, K, n_pred):
     """Mean NLL of the first n_pred predictions of one stream, one token at a
     time, the state detached every K tokens (K=None: never)."""

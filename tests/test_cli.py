@@ -154,13 +154,8 @@ def test_test_ppl_is_the_best_state_on_the_test_split(tiny_runs):
     corpus = load_corpus(cfg.dataset, resolve_data_dir(cfg.data_dir))
     model = build_model(cfg.arch, len(corpus.vocab))
     model.load_state_dict(ckpt["best_state"])
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert evaluate(model, corpus.test, 4)[1] == pytest.approx(res["test_ppl"], rel=1e-5)
-        assert evaluate(model, corpus.valid, 4)[1] == pytest.approx(res["best_valid_ppl"], rel=1e-5)
-    finally:
-        torch.set_num_threads(n)
+    assert evaluate(model, corpus.test, 4)[1] == pytest.approx(res["test_ppl"], rel=1e-5)
+    assert evaluate(model, corpus.valid, 4)[1] == pytest.approx(res["best_valid_ppl"], rel=1e-5)
 
 
 def test_finished_run_returns_at_once(tiny_runs):
@@ -428,3 +423,21 @@ def test_diverged_run_is_recorded_and_the_sweep_goes_on(tmp_path):
               for d in sweep.iterdir() if d.is_dir()}
     assert status == {1e6: "diverged", 1: "completed"}
     assert p.stdout.index("train.lr=1000000.0") < p.stdout.index("train.lr=1 ")  # in that order
+
+
+@pytest.mark.parametrize("launcher", [["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+                                      ["hydra/launcher=slurm_local"]],
+                         ids=["joblib", "submitit-local"])
+def test_parallel_launchers_give_the_same_runs(tmp_path, launcher):
+    """The joblib launcher, and the SLURM launcher through submitit's local
+    executor, produce the runs (and numbers) of the plain sequential sweep."""
+    one_epoch = [a for a in TINY if not a.startswith("train.max_epochs")] + ["train.max_epochs=1"]
+    grid = ["-m"] + one_epoch + ["method=bptt,penalty", "train.seed=1,2"]
+    ok(cli(grid + [f"hydra.sweep.dir={tmp_path / 'basic'}"], tmp_path)[0])
+    ok(cli(grid + launcher + [f"hydra.sweep.dir={tmp_path / 'par'}"], tmp_path)[0])
+    basic = {d.name: result(d) for d in (tmp_path / "basic").iterdir() if (d / "result.json").exists()}
+    par = {d.name: result(d) for d in (tmp_path / "par").iterdir() if (d / "result.json").exists()}
+    assert len(basic) == 4 and basic.keys() == par.keys()
+    for name in basic:
+        assert par[name]["status"] == "completed"
+        assert par[name]["best_valid_ppl"] == basic[name]["best_valid_ppl"]

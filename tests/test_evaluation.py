@@ -16,16 +16,6 @@ from helpers import V, params, stream, tiny_model
 CELLS = ["rnn", "gru", "lstm"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is fastest, and on a shared 2-core machine
-    OpenMP's spinning threads make many small ops many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def hand_nll_sum(model, column):
     """Σ_t -log p(x_{t+1} | x_1..x_t) over one stream, one token at a time."""
     state = model.zero_state(1)
