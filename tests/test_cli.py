@@ -441,3 +441,15 @@ def test_parallel_launchers_give_the_same_runs(tmp_path, launcher):
     for name in basic:
         assert par[name]["status"] == "completed"
         assert par[name]["best_valid_ppl"] == basic[name]["best_valid_ppl"]
+
+
+def test_more_seeds_extend_a_sweep(tmp_path):
+    """`seeds=2` after `seeds=1` trains only the new seed's runs, in the same sweep folder."""
+    args = ["-m", "experiment=methods", "row=bptt", "arch.hidden_size=8", "train.train_tokens=5000",
+            "train.max_epochs=1", "train.eval_batch_size=4", f"hydra.sweep.dir={tmp_path / 'sw'}"]
+    first = ok(cli(args + ["seeds=1"], tmp_path)[0])
+    assert len(trained_epochs(first.stdout)) == 2  # two datasets, one seed
+    second = ok(cli(args + ["seeds=2"], tmp_path)[0])
+    assert len(trained_epochs(second.stdout)) == 2 and second.stdout.count("nothing to do") == 2
+    runs = sorted(d.name for d in (tmp_path / "sw").iterdir() if (d / "result.json").exists())
+    assert len(runs) == 4 and sum("train.seed=1112" in r for r in runs) == 2

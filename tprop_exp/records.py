@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from . import UserError
 
 # Keys that do not change what a run computes, so may differ on a re-run.
-VOLATILE = ("train.device", "train.ckpt_interval_s", "data_dir")
+VOLATILE = ("train.device", "train.ckpt_interval_s", "data_dir", "seeds")
 
 
 def atomic_write(path, write):
