@@ -340,7 +340,7 @@ def copy_data_dir(tmp_path):
     from tprop_exp.data import resolve_data_dir
 
     src = resolve_data_dir(None)
-    caches = sorted((src / "cache").glob("sample_chars-*"))
+    caches = sorted((src / "cache").glob("sample_chars-full-*"))  # the vocabulary TINY runs use
     caches = [c for c in caches if c.is_dir() and not c.name.endswith(".lock")]
     if not caches or not (src / "sample" / "text8_sample.txt").is_file():
         pytest.skip("the sample corpus has not been built (run any sample_chars run once)")
