@@ -153,7 +153,7 @@ class Trainer:
             self.epoch_t0 = time.perf_counter() - (self.pos or {}).get("elapsed", 0.0)
             try:
                 stats = self.train_epoch()
-            except torch.OutOfMemoryError as e:
+            except torch.cuda.OutOfMemoryError as e:
                 return "failed", f"out of memory: {e}".splitlines()[0]
             seconds = time.perf_counter() - self.epoch_t0
             valid_nll, valid_ppl = evaluate(self.model, self.corpus.valid, cfg.train.eval_batch_size)
