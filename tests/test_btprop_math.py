@@ -31,7 +31,7 @@ def test_t1_gradient_equals_truncated_bptt(cell, layers):
     model, s, K = tiny_model(cell, layers), stream(40), 4
     x, y = btprop.blocks(s, K)
     h0 = model.flat_state(model.zero_state(1))
-    H = btprop.init_states(model, x, h0, "forward", chunk=3)
+    H = btprop.init_states(model, x, h0, "forward")
     u = torch.zeros(x.shape[1] - 1, model.state_size, dtype=torch.float64)
     model.zero_grad()
     n = x.shape[1]
@@ -85,7 +85,7 @@ def test_t2_one_h_step_tends_to_full_bptt(cell):
     errors = []
     for eta in (1e-2, 1e-3, 1e-4):
         h0 = model.flat_state(model.zero_state(1))
-        H = btprop.init_states(model, x, h0, "forward", chunk=2)
+        H = btprop.init_states(model, x, h0, "forward")
         u = torch.zeros(1, model.state_size, dtype=torch.float64)
         m = method(h_steps=1, h_optimizer="sgd", h_lr=eta)
         btprop.h_steps(model, x, y, H, u, m, lam=1 / eta, chunk=2)
@@ -103,7 +103,7 @@ def test_h_step_decreases_objective(cell):
     model, K = tiny_model(cell, layers=2), 3
     x, y = btprop.blocks(stream(31), K)
     h0 = model.flat_state(model.zero_state(1))
-    H = btprop.init_states(model, x, h0, "zero", chunk=4)
+    H = btprop.init_states(model, x, h0, "zero")
     u = torch.zeros(x.shape[1] - 1, model.state_size, dtype=torch.float64)
 
     def J():
@@ -127,13 +127,13 @@ def test_dual_update_converges_to_multiplier(cell):
     s = stream(2 * K + 1)
     x, y = btprop.blocks(s, K)
     h0 = model.flat_state(model.zero_state(1))
-    H = btprop.init_states(model, x, h0, "zero", chunk=2)
+    H = btprop.init_states(model, x, h0, "zero")
     u = torch.zeros(1, model.state_size, dtype=torch.float64)
     m = method(name="admm", h_steps=100, h_lr=0.05, theta_steps=0, u_lr=1.0)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     for _ in range(60):
         btprop.update(model, opt, x, y, H, u, m, lam, duals_on=True, chunk=2, clip=0)
-    F1 = btprop.forward_init(model, x, h0, 2)[1:].requires_grad_(True)
+    F1 = btprop.forward_init(model, x, h0)[1:].requires_grad_(True)
     logits, _ = model(x[:, 1:], model.unflat_state(F1))
     g2, = torch.autograd.grad(F.cross_entropy(logits.flatten(0, 1), y[:, 1]), F1)
     torch.testing.assert_close(H.detach()[1:], F1.detach(), rtol=0, atol=1e-6)
@@ -184,3 +184,17 @@ def test_minibatch_carry_is_last_state_of_previous_minibatch():
     stats = btprop.train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.1), stream(64), m,
                                batch_size=4, clip=0, lam=1.0, duals_on=False, chunk=2)
     assert stats["residual"] < 1e-12 and stats["penalty"] < 1e-24
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
+def test_forward_init_one_call_equals_block_by_block(cell):
+    """The one-call path for one-layer RNN/GRU gives the states of the stepwise path."""
+    model, K = tiny_model(cell), 3
+    x, _ = btprop.blocks(stream(40), K)
+    h1 = torch.randn(1, model.state_size, dtype=torch.float64)
+    fast = btprop.forward_init(model, x, h1)
+    state, slow = model.unflat_state(h1), [h1[0]]
+    for b in range(x.shape[1] - 1):
+        state = model.final_state(x[:, b:b + 1], state)
+        slow.append(model.flat_state(state)[0])
+    torch.testing.assert_close(fast, torch.stack(slow), rtol=0, atol=1e-14)

@@ -248,7 +248,7 @@ def test_killed_run_resumes_to_the_same_numbers(tmp_path, name, extra):
 def test_run_folder_is_named_by_the_overrides(tmp_path):
     args = TINY + ["method.block_size=20"]
     ok(cli(args, tmp_path)[0])
-    folders = [p for p in (tmp_path / "runs" / "default").iterdir()]
+    folders = [p for p in (tmp_path / "runs" / "default" / "sample").iterdir()]
     assert [f.name for f in folders] == [",".join(sorted(args))]
     d = folders[0]
     assert result(d)["status"] == "completed"
@@ -258,7 +258,7 @@ def test_run_folder_is_named_by_the_overrides(tmp_path):
     p = ok(cli(again, tmp_path)[0])
     assert "nothing to do" in p.stdout and str(d) in p.stdout
     assert not trained_epochs(p.stdout)
-    assert [f.name for f in (tmp_path / "runs" / "default").iterdir()] == [d.name]
+    assert [f.name for f in (tmp_path / "runs" / "default" / "sample").iterdir()] == [d.name]
 
 
 def test_run_with_no_overrides_goes_to_defaults(tmp_path):
@@ -271,14 +271,14 @@ def test_run_with_no_overrides_goes_to_defaults(tmp_path):
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = OmegaConf.to_container(compose(config_name="config"), resolve=True)
-    d = tmp_path / "runs" / "default" / "defaults"
+    d = tmp_path / "runs" / "default" / "sample" / "defaults"
     d.mkdir(parents=True)
     fake = {"status": "completed", "best_valid_ppl": 1.5, "config": cfg}
     (d / "result.json").write_text(json.dumps(fake))
     p = ok(cli([], tmp_path, timeout=120)[0])
     assert f"{d}: already completed; nothing to do" in p.stdout
     assert (d / ".hydra" / "config.yaml").is_file()
-    assert [f.name for f in (tmp_path / "runs" / "default").iterdir()] == ["defaults"]
+    assert [f.name for f in (tmp_path / "runs" / "default" / "sample").iterdir()] == ["defaults"]
     assert json.loads((d / "result.json").read_text()) == fake
 
 
@@ -309,6 +309,11 @@ BAD = {  # case: (overrides, a word the message must hold)
     "data file not UTF-8": (lambda t: ["arch.hidden_size=8"] + local(t, train=b"\xff\xfe\x00abc\n\x80\n"),
                             "UTF-8"),
     "batch size too large for the data": (lambda t: SAMPLE + ["train.batch_size=1000"], "batch"),
+    "unknown init": (lambda t: SAMPLE + ["method=admm", "method.init=random"], "method.init"),
+    "unknown h optimizer": (lambda t: SAMPLE + ["method=admm", "method.h_optimizer=lbfgs"], "method.h_optimizer"),
+    "no θ-steps": (lambda t: SAMPLE + ["method=penalty", "method.theta_steps=0"], "theta_steps"),
+    "lr decay above 1": (lambda t: SAMPLE + ["train.lr_decay=2"], "train.lr_decay"),
+    "unknown device": (lambda t: SAMPLE + ["train.device=tpu"], "train.device"),
 }
 
 

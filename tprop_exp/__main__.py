@@ -37,9 +37,15 @@ def main(cfg: DictConfig):
         print(f"tprop_exp: error: {e}", file=sys.stderr)
         sys.exit(2)
     except Exception as e:  # a crash: record it; a sweep goes on with the next run
+        try:
+            device = train.pick_device(cfg.train.device)
+        except UserError:
+            device = train.pick_device("cpu")
         records.write_json(run_dir / "result.json", {
             "status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0],
-            "config": records.resolved_config(cfg), **records.provenance(train.pick_device("cpu")),
+            "best_valid_ppl": None, "test_ppl": None, "train_ppl": None, "epochs": None,
+            "wall_s": None, "train_tokens_per_s": None,
+            "config": records.resolved_config(cfg), **records.provenance(device),
         })
         if hc.mode == RunMode.MULTIRUN:
             traceback.print_exc()

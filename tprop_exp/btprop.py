@@ -23,8 +23,9 @@ persist across updates, and each step sums the chunks' gradients exactly.
 One update (`update`):
   1. initialise H (`forward`: H_{b+1} = F_b(H_b); `zero`: H = 0); u = 0
      (in batch mode only once, at the start of training);
-  2. n_h h-steps on H, θ fixed (Adagrad or SGD; early stop below a gradient
-     norm tolerance, by masking further steps: no host sync in the loop);
+  2. n_h h-steps on H, θ fixed (Adagrad or SGD, restarted every update as in
+     the authors' code; early stop below a gradient-norm tolerance, by masking
+     further steps: no host sync in the loop);
   3. dual step  u_b ← u_b + ρ (F_b − H_{b+1})  (ADMM, ALM; from u_start_epoch);
      it comes before the θ-steps, as in the authors' code, so that it acts
      within a mini-batch although u is re-initialised for every mini-batch;
@@ -38,7 +39,6 @@ from tqdm import tqdm
 
 from . import UserError
 from .bptt import step as theta_step
-from .models import detach
 
 
 def blocks(stream, K):
@@ -71,32 +71,37 @@ def objective(model, x, y, H, u, lam, chunk, backward=None):
         J = ce.sum() + pen.sum()
         if backward is not None:
             backward(J)
-        ce_sum = ce_sum + ce.sum().detach()
-        pen_sum = pen_sum + pen.sum().detach()
-        res_sum = res_sum + diff.detach().norm(dim=1).sum()
+        ce_sum = ce_sum + ce.sum().detach().double()  # float64: summed over a whole epoch
+        pen_sum = pen_sum + pen.sum().detach().double()
+        res_sum = res_sum + diff.detach().norm(dim=1).sum().double()
     return {"ce": ce_sum, "penalty": pen_sum, "residual": res_sum, "last": Fb[-1:].detach()}
 
 
 @torch.no_grad()
-def forward_init(model, x, h1, chunk):
+def forward_init(model, x, h1):
     """H_1 = h1, H_{b+1} = F_b(H_b): one sequential pass with the current θ.
 
-    The only loop over blocks, and inherently sequential; it skips the decoder.
+    The blocks of x are consecutive in the stream. For a one-layer RNN or GRU
+    the state is the output, so one call over all n·K steps gives every H_b;
+    otherwise (LSTM's c, lower layers) we step block by block.
     """
-    H = torch.empty(x.shape[1], model.state_size, dtype=h1.dtype, device=h1.device)
+    n, K = x.shape[1], x.shape[0]
+    if model.cell != "lstm" and model.num_layers == 1:
+        out, _ = model.rnn(model.embed(x.t().reshape(-1, 1)), model.unflat_state(h1))
+        return torch.cat([h1, out[K - 1:(n - 1) * K:K, 0]])   # H_{b+1} = h at the end of block b
+    H = torch.empty(n, model.state_size, dtype=h1.dtype, device=h1.device)
     H[0] = h1[0]
-    emb = model.embed(x)
     state = model.unflat_state(h1)
-    for b in range(x.shape[1] - 1):
-        _, state = model.rnn(emb[:, b:b + 1], state)
+    for b in range(n - 1):
+        state = model.final_state(x[:, b:b + 1], state)
         H[b + 1] = model.flat_state(state)[0]
     return H
 
 
-def init_states(model, x, h1, how, chunk):
+def init_states(model, x, h1, how):
     """Step 1: H for the blocks of x (a fresh leaf tensor), H_1 = h1."""
     if how == "forward":
-        H = forward_init(model, x, h1, chunk)
+        H = forward_init(model, x, h1)
     elif how == "zero":
         H = torch.zeros(x.shape[1], model.state_size, dtype=h1.dtype, device=h1.device)
         H[0] = h1[0]
@@ -113,20 +118,20 @@ def h_optimizer(H, m):
     raise ValueError(f"unknown method.h_optimizer {m.h_optimizer!r}")
 
 
-def masked_step(opt, tensors, active, tol, clip=0.0):
-    """Step only while the global gradient norm is above `tol`.
+def masked_step(opt, H, active, tol, clip=0.0):
+    """One h-step while the gradient is above `tol`; `active` records whether.
 
-    Once it falls below, `active` stays 0 and later gradients are zeroed, which
+    The tolerance is on the root-mean-square of the blocks' gradient norms,
+    ||∇_H J|| / sqrt(n), so that it means the same for any number of blocks.
+    Once below it, `active` stays 0 and later gradients are zeroed, which
     leaves Adagrad and plain SGD exactly where they stopped, without reading
-    the norm on the host.
+    the norm on the host. `clip` bounds the global norm of ∇_H J.
     """
-    grads = [t.grad for t in tensors]
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    norm = torch.linalg.vector_norm(H.grad) / H.shape[0] ** 0.5
     active = active * (norm > tol)
     if clip > 0:
-        torch.nn.utils.clip_grad_norm_(tensors, clip)
-    for g in grads:
-        g.mul_(active)
+        torch.nn.utils.clip_grad_norm_([H], clip)
+    H.grad.mul_(active)
     opt.step()
     return active
 
@@ -140,7 +145,7 @@ def h_steps(model, x, y, H, u, m, lam, chunk):
         H.grad = None
         objective(model, x, y, H, u, lam, chunk, backward=lambda J: J.backward(inputs=[H]))
         H.grad[0] = 0  # H_1 is fixed
-        active = masked_step(opt, [H], active, m.h_tol, m.h_clip)
+        active = masked_step(opt, H, active, m.h_tol, m.h_clip)
         taken += active
     return taken
 
@@ -151,25 +156,34 @@ def dual_step(model, x, H, u, rho, chunk):
     n = x.shape[1]
     for i in range(0, n - 1, chunk):
         j = min(i + chunk, n - 1)
-        _, Fs = model(x[:, i:j], model.unflat_state(H[i:j]))
+        Fs = model.final_state(x[:, i:j], model.unflat_state(H[i:j]))
         u[i:j] += rho * (model.flat_state(Fs) - H[i + 1:j + 1])
 
 
 def theta_steps(model, opt, x, y, H, u, m, lam, chunk, clip):
-    """Step 4: n_θ steps on θ (H fixed) descending L = J / n."""
+    """Step 4: n_θ steps on θ (H fixed) descending L = J / n.
+
+    The terms reported are those of the first step (θ as it came to this
+    mini-batch, like BPTT's loss); the carry is the last step's F_n.
+    """
     params = list(model.parameters())
     n = x.shape[1]
     stats = None
     for _ in range(m.theta_steps):
         opt.zero_grad(set_to_none=True)
-        stats = objective(model, x, y, H.detach(), u, lam, chunk,
-                          backward=lambda J: (J / n).backward(inputs=params))
+        s = objective(model, x, y, H.detach(), u, lam, chunk,
+                      backward=lambda J: (J / n).backward(inputs=params))
         theta_step(opt, params, clip)
+        stats = s if stats is None else {**stats, "last": s["last"]}
     return stats
 
 
 def alm_steps(model, opt, x, y, H, u, m, lam, chunk, clip):
-    """ALM: n_h joint gradient steps on (H, θ): H descends J, θ descends J / n."""
+    """ALM: n_h joint gradient steps on (H, θ): H descends J, θ descends J / n.
+
+    The h-tolerance stops H's steps only; θ takes every step (a zeroed
+    gradient would still move Adam). Terms reported are the first step's.
+    """
     params = list(model.parameters())
     n = x.shape[1]
     h_opt = h_optimizer(H, m)
@@ -179,14 +193,12 @@ def alm_steps(model, opt, x, y, H, u, m, lam, chunk, clip):
     for _ in range(m.h_steps):
         H.grad = None
         opt.zero_grad(set_to_none=True)
-        stats = objective(model, x, y, H, u, lam, chunk,
-                          backward=lambda J: (J / n).backward(inputs=[H] + params))
+        s = objective(model, x, y, H, u, lam, chunk,
+                      backward=lambda J: (J / n).backward(inputs=[H] + params))
+        stats = s if stats is None else {**stats, "last": s["last"]}
         H.grad.mul_(n)  # J, not J / n, for H
         H.grad[0] = 0
-        for p in params:
-            if p.grad is not None:
-                p.grad.mul_(active)
-        active = masked_step(h_opt, [H], active, m.h_tol, m.h_clip)
+        active = masked_step(h_opt, H, active, m.h_tol, m.h_clip)
         theta_step(opt, params, clip)
         taken += active
     return stats, taken
@@ -219,8 +231,9 @@ def train_epoch(model, opt, stream, m, *, batch_size, clip, lam, duals_on, chunk
     """One pass over the training stream.
 
     `state` holds what batch mode keeps across epochs ({"H", "u"}; filled on
-    the first call). Returns epoch means: ce, penalty, residual, dual_norm,
-    h_steps, nll (= ce), tokens.
+    the first call). Returns per-block means of ce and penalty, the mean
+    residual and dual norms per constraint, mean h-steps per update, nll (the
+    ce term, as the epoch's training loss) and the number of tokens.
     """
     device = model.decoder.weight.device
     x, y = blocks(stream, m.block_size)
@@ -234,7 +247,7 @@ def train_epoch(model, opt, stream, m, *, batch_size, clip, lam, duals_on, chunk
     model.train()
     if m.mode == "batch":
         if state.get("H") is None:
-            state["H"] = init_states(model, x, h0, m.init, chunk).detach()
+            state["H"] = init_states(model, x, h0, m.init).detach()
             state["u"] = torch.zeros(nb - 1, model.state_size, dtype=dtype, device=device)
         H = state["H"].requires_grad_(True)
         s = update(model, opt, x, y, H, state["u"], m, lam, duals_on=duals_on, chunk=chunk, clip=clip)
@@ -248,7 +261,7 @@ def train_epoch(model, opt, stream, m, *, batch_size, clip, lam, duals_on, chunk
         sums = pos["sums"] if pos else None
         for k in tqdm(range(i0, len(starts)), desc="btprop", leave=False, disable=None, mininterval=2):
             xb, yb = x[:, starts[k]:starts[k] + batch_size], y[:, starts[k]:starts[k] + batch_size]
-            H = init_states(model, xb, carry, m.init, chunk)
+            H = init_states(model, xb, carry, m.init)
             u = torch.zeros(xb.shape[1] - 1, model.state_size, dtype=dtype, device=device)
             s = update(model, opt, xb, yb, H, u, m, lam, duals_on=duals_on, chunk=chunk, clip=clip)
             s["dual"] = u.norm(dim=1).sum()

@@ -35,6 +35,10 @@ class LanguageModel(nn.Module):
         out, state = self.rnn(self.embed(tokens), state)
         return self.decoder(out), state
 
+    def final_state(self, tokens, state):
+        """The recurrence alone, no decoder: tokens (T, n), state -> final state."""
+        return self.rnn(self.embed(tokens), state)[1]
+
     def zero_state(self, n, device=None, dtype=None):
         p = self.decoder.weight
         z = torch.zeros(self.num_layers, n, self.hidden_size,

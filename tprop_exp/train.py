@@ -41,6 +41,20 @@ def check_config(cfg):
         value = cfg.method.get(key)
         if value is not None and value < 0:
             raise UserError(f"method.{key} must be non-negative, got {value!r}")
+    choices = {"arch.cell": (cfg.arch.cell, ("rnn", "gru", "lstm")),
+               "train.dtype": (cfg.train.dtype, ("float32", "float64", "bfloat16", "float16"))}
+    if cfg.method.name != "bptt":
+        choices["method.init"] = (cfg.method.init, ("forward", "zero"))
+        choices["method.h_optimizer"] = (cfg.method.h_optimizer, ("adagrad", "sgd"))
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise UserError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+    if not 0 < cfg.train.lr_decay <= 1:
+        raise UserError(f"train.lr_decay must be in (0, 1], got {cfg.train.lr_decay!r}")
+    if cfg.method.name in ("penalty", "admm") and cfg.method.theta_steps < 1:
+        raise UserError("method.theta_steps must be at least 1, or θ never trains")
+    if cfg.method.name == "alm" and cfg.method.h_steps < 1:
+        raise UserError("method.h_steps counts ALM's joint steps and must be at least 1")
     if cfg.method.name not in METHODS:
         raise UserError(f"method.name must be one of {', '.join(METHODS)}, got {cfg.method.name!r}")
     if cfg.method.mode not in ("minibatch", "batch"):
@@ -54,7 +68,10 @@ def pick_device(name):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"train.device={name} but no CUDA device is available")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"train.device must be auto, cpu or cuda[:N], got {name!r}")
 
 
 def run(cfg, run_dir, overrides=()):
@@ -82,6 +99,7 @@ def run(cfg, run_dir, overrides=()):
     t = Trainer(cfg, model, opt, sched, corpus, run_dir, config)
     t.resume(records.load_checkpoint(run_dir, config))
     status, error = t.fit()
+    records.write_metrics(run_dir, t.history)  # also when a resumed run had nothing left to train
     result = t.result(status, prov)
     if error:
         result["error"] = error
@@ -146,6 +164,12 @@ class Trainer:
                                   chunk=m.chunk_blocks, state=self.btprop_state,
                                   pos=pos, on_update=on_update)
 
+    def set_lam(self, lam):
+        """λ ← λ·λ_mult; persisted scaled duals u = y/λ keep their multiplier y."""
+        if self.btprop_state.get("u") is not None and lam > 0:
+            self.btprop_state["u"] *= self.lam / lam
+        self.lam = lam
+
     def fit(self):
         cfg = self.cfg
         limit = 2 * math.log(len(self.corpus.vocab))  # a mean NLL above this has exploded
@@ -168,8 +192,8 @@ class Trainer:
             self.history.append(row)
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
             if not math.isfinite(valid_nll) or not (math.log(row["train_ppl"]) < limit):
-                self.checkpoint()
                 records.write_metrics(self.run_dir, self.history)
+                self.checkpoint()
                 return "diverged", None
             if valid_ppl < self.best:
                 self.best, self.bad_epochs = valid_ppl, 0
@@ -177,9 +201,9 @@ class Trainer:
             else:
                 self.bad_epochs += 1
             self.sched.step(valid_nll)
-            self.lam *= cfg.method.get("lam_mult", 1.0)
-            self.checkpoint()
+            self.set_lam(self.lam * cfg.method.get("lam_mult", 1.0))
             records.write_metrics(self.run_dir, self.history)
+            self.checkpoint()
         return "completed", None
 
     def result(self, status, prov):
@@ -196,7 +220,7 @@ class Trainer:
             "test_ppl": test_ppl,
             "train_ppl": None if best_row is None else best_row["train_ppl"],
             "epochs": self.epoch,
-            "wall_s": self.wall,
+            "wall_s": self.wall,  # seconds of training, evaluation not included
             "train_tokens_per_s": tokens / self.wall if self.wall else None,
             "config": self.config,
             **prov,
