@@ -7,6 +7,7 @@ method over the same tokens after a short warm-up. Timings only: nothing here
 is a test.
 """
 import argparse
+import sys
 import time
 
 import pandas as pd
@@ -15,7 +16,7 @@ from omegaconf import OmegaConf
 
 from tprop_exp import bptt, btprop
 from tprop_exp.models import LanguageModel
-from tprop_exp.records import device_name
+from tprop_exp.records import device_name, git_commit
 from tprop_exp.train import pick_device
 
 V = 27
@@ -62,7 +63,8 @@ def main():
     rows = [{"method": n, "K": K, "batch": B, "h_steps": h if n != "bptt" else "",
              "tokens/s": round(one_pass((n, K, B, h), stream, args.hidden, device))}
             for n, K, B, h in settings]
-    print(f"device: {device_name(device)}; torch {torch.__version__}; "
+    print(f"command: python scripts/bench.py {' '.join(sys.argv[1:])}\n\n"
+          f"commit {git_commit()}; device: {device_name(device)}; torch {torch.__version__}; "
           f"threads {torch.get_num_threads()}; LSTM {args.hidden}; {args.tokens} tokens\n")
     print(pd.DataFrame(rows).to_markdown(index=False))
 
