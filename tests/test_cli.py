@@ -189,17 +189,26 @@ def wait_for(cond, proc, timeout=120):
 
 
 def kill_mid_epoch(args, run_dir, cwd, epochs_done):
-    """Start the run, wait until `epochs_done` epochs are recorded and a newer
-    checkpoint (atomic replace: a new inode) has replaced the one then on disk,
-    which is a mid-epoch one, then SIGKILL it. Returns (epoch, update) saved."""
+    """Start the run, wait until a checkpoint taken inside epoch `epochs_done` + 1
+    is on disk (atomic replace: each one is a new inode, read whole), then
+    SIGKILL it. Returns the (epoch, update) of the checkpoint left on disk."""
     proc = subprocess.Popen([sys.executable, "-m", "tprop_exp", *args], cwd=cwd, env=env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt, seen = run_dir / "checkpoint.pt", set()
+
+    def mid_epoch_checkpoint():
+        try:
+            inode = ckpt.stat().st_ino
+        except FileNotFoundError:
+            return False
+        if inode in seen:
+            return False
+        seen.add(inode)
+        ck = torch.load(ckpt, map_location="cpu", weights_only=False)
+        return ck["epoch"] == epochs_done and ck["pos"] is not None
+
     try:
-        ckpt, mfile = run_dir / "checkpoint.pt", run_dir / "metrics.jsonl"
-        n_lines = lambda: len(mfile.read_text().splitlines()) if mfile.exists() else 0
-        wait_for(lambda: n_lines() >= epochs_done and ckpt.exists(), proc)
-        inode = ckpt.stat().st_ino
-        wait_for(lambda: ckpt.stat().st_ino != inode, proc)
+        wait_for(mid_epoch_checkpoint, proc)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
