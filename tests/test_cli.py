@@ -198,12 +198,13 @@ def kill_mid_epoch(args, run_dir, cwd, epochs_done):
 
     def mid_epoch_checkpoint():
         try:
-            inode = ckpt.stat().st_ino
+            st = ckpt.stat()
         except FileNotFoundError:
             return False
-        if inode in seen:
+        key = (st.st_ino, st.st_mtime_ns)  # inodes are reused: the pair names one file
+        if key in seen:
             return False
-        seen.add(inode)
+        seen.add(key)
         ck = torch.load(ckpt, map_location="cpu", weights_only=False)
         return ck["epoch"] == epochs_done and ck["pos"] is not None
 
