@@ -7,11 +7,9 @@ import copy
 
 import pytest
 import torch
-
-from tprop_exp import UserError
 import torch.nn.functional as F
 
-from tprop_exp import bptt
+from tprop_exp import UserError, bptt
 from tprop_exp.data import batchify
 from tprop_exp.models import detach
 

@@ -1,5 +1,4 @@
 """The exact facts of SPEC §1 (T1, T2) and the BTPROP machinery, in float64."""
-import copy
 
 import pytest
 import torch

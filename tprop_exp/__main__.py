@@ -43,9 +43,8 @@ def main(cfg: DictConfig):
             device = train.pick_device("cpu")
         records.write_json(run_dir / "result.json", {
             "status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0],
-            "best_valid_ppl": None, "test_ppl": None, "train_ppl": None, "epochs": None,
-            "wall_s": None, "train_tokens_per_s": None,
-            "config": records.resolved_config(cfg), **records.provenance(device),
+            **dict.fromkeys(records.RESULT_FIELDS),
+            "config": records.resolved_config(cfg), **records.provenance(device, hc.overrides.task),
         })
         if hc.mode == RunMode.MULTIRUN:
             traceback.print_exc()

@@ -41,6 +41,11 @@ from . import UserError
 from .bptt import step as theta_step
 
 
+INITS = ("forward", "zero")  # method.init
+# method.h_optimizer: optimizers that stay put on a zero gradient (see masked_step)
+H_OPTIMIZERS = {"adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
+
+
 def blocks(stream, K):
     """(inputs, targets) of shape (K, nb): column b is block b of the stream."""
     nb = (len(stream) - 1) // K
@@ -111,11 +116,7 @@ def init_states(model, x, h1, how):
 
 
 def h_optimizer(H, m):
-    if m.h_optimizer == "adagrad":
-        return torch.optim.Adagrad([H], lr=m.h_lr)
-    if m.h_optimizer == "sgd":
-        return torch.optim.SGD([H], lr=m.h_lr)
-    raise ValueError(f"unknown method.h_optimizer {m.h_optimizer!r}")
+    return H_OPTIMIZERS[m.h_optimizer]([H], lr=m.h_lr)
 
 
 def masked_step(opt, H, active, tol, clip=0.0):

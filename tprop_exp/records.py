@@ -10,7 +10,6 @@ import math
 import os
 import platform
 import subprocess
-import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +18,9 @@ import torch
 from omegaconf import OmegaConf
 
 from . import UserError
+
+# What result.json reports of a run's training (SPEC §3), beside config and provenance.
+RESULT_FIELDS = ("best_valid_ppl", "test_ppl", "train_ppl", "epochs", "wall_s", "train_tokens_per_s")
 
 # Keys that do not change what a run computes, so may differ on a re-run.
 VOLATILE = ("train.device", "train.ckpt_interval_s", "data_dir", "seeds")
@@ -131,11 +133,11 @@ def device_name(device):
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
-def provenance(device):
+def provenance(device, overrides):
     return {
         "commit": git_commit(),
         "torch": torch.__version__,
         "device": device_name(device),
-        "command": " ".join(["python -m tprop_exp"] + sys.argv[1:]),
+        "command": " ".join(["python -m tprop_exp", *overrides]),  # this run alone, also in a sweep
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -16,7 +16,7 @@ import torch
 from . import UserError, bptt, btprop, records
 from .data import load_corpus, resolve_data_dir
 from .evaluation import evaluate, perplexity
-from .models import build_model
+from .models import CELLS, build_model
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam}
 METHODS = ("bptt", "penalty", "admm", "alm")
@@ -41,11 +41,11 @@ def check_config(cfg):
         value = cfg.method.get(key)
         if value is not None and value < 0:
             raise UserError(f"method.{key} must be non-negative, got {value!r}")
-    choices = {"arch.cell": (cfg.arch.cell, ("rnn", "gru", "lstm")),
+    choices = {"arch.cell": (cfg.arch.cell, tuple(CELLS)),
                "train.dtype": (cfg.train.dtype, ("float32", "float64", "bfloat16", "float16"))}
     if cfg.method.name != "bptt":
-        choices["method.init"] = (cfg.method.init, ("forward", "zero"))
-        choices["method.h_optimizer"] = (cfg.method.h_optimizer, ("adagrad", "sgd"))
+        choices["method.init"] = (cfg.method.init, btprop.INITS)
+        choices["method.h_optimizer"] = (cfg.method.h_optimizer, tuple(btprop.H_OPTIMIZERS))
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise UserError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
@@ -94,12 +94,11 @@ def run(cfg, run_dir, overrides=()):
     opt = OPTIMIZERS[cfg.train.optimizer](model.parameters(), lr=cfg.train.lr)
     # Shrink the learning rate when validation stops improving (patience 0).
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.train.lr_decay, patience=0)
-    prov = records.provenance(device)
-    prov["command"] = " ".join(["python -m tprop_exp", *overrides])
+    prov = records.provenance(device, overrides)
     t = Trainer(cfg, model, opt, sched, corpus, run_dir, config)
     t.resume(records.load_checkpoint(run_dir, config))
     status, error = t.fit()
-    records.write_metrics(run_dir, t.history)  # also when a resumed run had nothing left to train
+    records.write_metrics(run_dir, t.history)  # final: also a diverged run, or a resumed one with nothing left
     result = t.result(status, prov)
     if error:
         result["error"] = error
@@ -192,8 +191,7 @@ class Trainer:
             self.history.append(row)
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
             if not math.isfinite(valid_nll) or not (math.log(row["train_ppl"]) < limit):
-                records.write_metrics(self.run_dir, self.history)
-                self.checkpoint()
+                self.checkpoint()  # run() writes the metrics
                 return "diverged", None
             if valid_ppl < self.best:
                 self.best, self.bad_epochs = valid_ppl, 0
