@@ -67,7 +67,7 @@ def main():
         rows.append(("generate text", time.perf_counter() - t))
         mb = (tmp / "wiki.train.tokens").stat().st_size / 1e6
 
-        cfg = OmegaConf.load(Path(__file__).parents[1] / "conf" / "dataset" / "local.yaml")
+        cfg = OmegaConf.load(Path(__file__).parents[1] / "tprop_exp" / "conf" / "dataset" / "local.yaml")
         files = {s: str(tmp / f"wiki.{s}.tokens") for s in ("train", "valid", "test")}
         cfg = OmegaConf.merge(cfg, files)
         for what in ("first load (tokenise + cache)", "second load (cache)"):

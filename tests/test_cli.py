@@ -279,7 +279,7 @@ def test_run_with_no_overrides_goes_to_defaults(tmp_path):
 
     import tprop_exp.__main__  # noqa: F401  (registers the run_id resolver)
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "tprop_exp" / "conf"), version_base="1.3"):
         cfg = OmegaConf.to_container(compose(config_name="config"), resolve=True)
     d = tmp_path / "runs" / "default" / "sample" / "defaults"
     d.mkdir(parents=True)

@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from . import UserError, records, train
 
-CONF = str(Path(__file__).resolve().parent.parent / "conf")
+CONF = str(Path(__file__).resolve().parent / "conf")
 # A run's folder is named by its overrides; the run with none is "defaults",
 # so that it is never the parent folder of another run.
 OmegaConf.register_new_resolver("run_id", lambda overrides: overrides or "defaults", replace=True)
