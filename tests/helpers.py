@@ -3,6 +3,7 @@ import torch
 from omegaconf import OmegaConf
 
 from tprop_exp.models import LanguageModel
+from tprop_exp.optim import ThetaStep
 
 V = 7
 
@@ -31,3 +32,14 @@ def grads(model):
 
 def params(model):
     return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def run_cfg(batch_size=1, clip=0.0, **method_kw):
+    """The slice of a run config that the training cores read: method.* and train.*."""
+    return OmegaConf.create({"method": dict(method(**method_kw)),
+                             "train": {"batch_size": batch_size, "clip": clip}})
+
+
+def sgd(model, lr, clip=0.0, opt=torch.optim.SGD):
+    """θ's optimizer as the cores take it (no scaler: fp32)."""
+    return ThetaStep(opt(model.parameters(), lr=lr), clip)

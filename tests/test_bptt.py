@@ -10,10 +10,21 @@ import torch
 import torch.nn.functional as F
 
 from tprop_exp import UserError, bptt
-from tprop_exp.data import batchify
+from tprop_exp.data import batchify, windows
 from tprop_exp.models import detach
+from tprop_exp.optim import ThetaStep
 
-from helpers import grads, params, stream, tiny_model
+from helpers import grads, params, run_cfg, stream, tiny_model
+
+
+def train(model, opt, s, *, batch_size, K, clip, mode, pos=None, on_update=None):
+    """bptt.train_epoch with the run config it reads built from keywords."""
+    cfg = run_cfg(batch_size=batch_size, clip=clip, name="bptt", mode=mode, block_size=K)
+    return bptt.train_epoch(model, ThetaStep(opt, clip), s, cfg, {}, pos=pos, on_update=on_update)
+
+
+def bptt_windows(s, B, K):
+    return windows(batchify(s, B), K)[:2]
 
 CELLS = ["rnn", "gru", "lstm"]
 
@@ -42,7 +53,7 @@ def sgd_step_gradient(model, s, K, mode, batch_size=1, clip=0.0):
     """Run one epoch of bptt.train_epoch with SGD lr=1 and read the update back."""
     before = params(model).clone()
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    out = bptt.train_epoch(model, opt, s, batch_size=batch_size, K=K, clip=clip, mode=mode)
+    out = train(model, opt, s, batch_size=batch_size, K=K, clip=clip, mode=mode)
     return before - params(model), out
 
 
@@ -51,7 +62,7 @@ def sgd_step_gradient(model, s, K, mode, batch_size=1, clip=0.0):
 def test_windows_layout_and_shifted_targets():
     s = torch.arange(50)  # the value of a token is its position in the stream
     B, K = 3, 4
-    x, y = bptt.windows(s, B, K)
+    x, y = bptt_windows(s, B, K)
     T = 50 // B  # 16 steps per stream; (16 - 1) // 4 = 3 whole windows, 3 positions dropped
     assert x.shape == y.shape == (3, K, B)
     for i in range(3):
@@ -66,7 +77,7 @@ def test_windows_layout_and_shifted_targets():
 @pytest.mark.parametrize("n,B,K,nw", [(20, 1, 19, 1), (20, 1, 1, 19), (43, 1, 4, 10),
                                       (61, 3, 5, 3), (64, 4, 15, 1)])
 def test_windows_count(n, B, K, nw):
-    x, y = bptt.windows(torch.arange(n), B, K)
+    x, y = bptt_windows(torch.arange(n), B, K)
     assert x.shape == (nw, K, B)
     assert torch.equal(y.flatten(), (x + 1).flatten())
 
@@ -75,7 +86,7 @@ def test_stream_shorter_than_one_window_is_a_clear_error():
     """A user's error (exit status 2 from the command line), not a crash."""
     model = tiny_model()
     with pytest.raises(UserError, match="too short for one window"):
-        bptt.train_epoch(model, torch.optim.SGD(model.parameters(), lr=1.0), stream(10),
+        train(model, torch.optim.SGD(model.parameters(), lr=1.0), stream(10),
                          batch_size=1, K=20, clip=0, mode="minibatch")
 
 
@@ -90,7 +101,7 @@ def test_whole_sequence_window_is_full_autograd(cell, mode):
     g, out = sgd_step_gradient(model, s, K=19, mode=mode)
     torch.testing.assert_close(g, g_full, rtol=0, atol=1e-12)
     assert g_full.norm() > 1e-3
-    assert out["nll"] == pytest.approx(loss, abs=1e-12)
+    assert out["running_nll"] == pytest.approx(loss, abs=1e-12)
     assert out["tokens"] == 19
 
 
@@ -105,7 +116,7 @@ def test_truncated_gradient_is_real_and_matches_a_detached_loop(cell):
     # the truncation is real: the gradient is not the full one (same loss value, though)
     assert (g - g_full).norm() > 1e-4 * g_full.norm()
     assert loss == pytest.approx(loss_full, abs=1e-12)
-    assert out["nll"] == pytest.approx(loss, abs=1e-12)
+    assert out["running_nll"] == pytest.approx(loss, abs=1e-12)
     assert out["tokens"] == 40
 
 
@@ -119,7 +130,7 @@ def test_batch_mode_over_parallel_streams(cell):
     loss.backward()
     g, out = sgd_step_gradient(model, s, K=K, mode="batch", batch_size=B)
     torch.testing.assert_close(g, grads(ref), rtol=0, atol=1e-12)
-    assert out["nll"] == pytest.approx(loss.item(), abs=1e-12)
+    assert out["running_nll"] == pytest.approx(loss.item(), abs=1e-12)
     assert out["tokens"] == 60
 
 
@@ -151,10 +162,10 @@ def test_minibatch_trajectory_matches_a_hand_loop(cell):
             for p in ref.parameters():
                 p -= lr * p.grad
         state = detach(state)
-    out = bptt.train_epoch(model, torch.optim.SGD(model.parameters(), lr=lr), s,
+    out = train(model, torch.optim.SGD(model.parameters(), lr=lr), s,
                            batch_size=B, K=K, clip=0, mode="minibatch")
     torch.testing.assert_close(params(model), params(ref), rtol=0, atol=1e-12)
-    assert out["nll"] == pytest.approx(sum(nll) / 6, abs=1e-12)
+    assert out["running_nll"] == pytest.approx(sum(nll) / 6, abs=1e-12)
 
 
 # ------------------------------------------------------------ updates, resume
@@ -169,7 +180,7 @@ def test_number_of_optimizer_steps(mode, expected, B):
     steps, updates = [], []
     real_step = opt.step
     opt.step = lambda *a, **k: (steps.append(1), real_step(*a, **k))[1]
-    bptt.train_epoch(model, opt, s, batch_size=B, K=K, clip=0.5, mode=mode,
+    train(model, opt, s, batch_size=B, K=K, clip=0.5, mode=mode,
                      on_update=lambda pos: updates.append(pos["update"]))
     assert len(steps) == (nw if expected is None else expected)
     assert updates == list(range(1, nw + 1))
@@ -182,7 +193,7 @@ def test_resume_from_a_position_ends_exactly_as_uninterrupted(cell):
     s, B, K, cut = stream(150), 2, 4, 7
     a = tiny_model(cell)
     opt_a = torch.optim.Adagrad(a.parameters(), lr=0.2)  # an optimizer with state
-    out_a = bptt.train_epoch(a, opt_a, s, batch_size=B, K=K, clip=0.5, mode="minibatch")
+    out_a = train(a, opt_a, s, batch_size=B, K=K, clip=0.5, mode="minibatch")
 
     b = tiny_model(cell)
     opt_b = torch.optim.Adagrad(b.parameters(), lr=0.2)
@@ -192,14 +203,14 @@ def test_resume_from_a_position_ends_exactly_as_uninterrupted(cell):
         if pos["update"] == cut:
             saved.update(model=copy.deepcopy(b.state_dict()), opt=copy.deepcopy(opt_b.state_dict()),
                          pos=copy.deepcopy(pos))
-    bptt.train_epoch(b, opt_b, s, batch_size=B, K=K, clip=0.5, mode="minibatch", on_update=on_update)
+    train(b, opt_b, s, batch_size=B, K=K, clip=0.5, mode="minibatch", on_update=on_update)
     assert saved
 
     c = tiny_model(cell, seed=123)  # a fresh process: other weights until loaded
     c.load_state_dict(saved["model"])
     opt_c = torch.optim.Adagrad(c.parameters(), lr=0.2)
     opt_c.load_state_dict(saved["opt"])
-    out_c = bptt.train_epoch(c, opt_c, s, batch_size=B, K=K, clip=0.5, mode="minibatch",
+    out_c = train(c, opt_c, s, batch_size=B, K=K, clip=0.5, mode="minibatch",
                              pos=saved["pos"])
     assert torch.equal(params(c), params(a))
     assert out_c == out_a

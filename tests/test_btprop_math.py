@@ -5,16 +5,18 @@ import torch
 import torch.nn.functional as F
 
 from tprop_exp import bptt, btprop
+from tprop_exp.btprop import Blocks
+from tprop_exp.data import batchify, windows
 from tprop_exp.models import detach
 
-from helpers import grads, method, params, stream, tiny_model
+from helpers import grads, method, params, run_cfg, sgd, stream, tiny_model
 
 CELLS = ["rnn", "gru", "lstm"]
 
 
 def truncated_bptt_grad(model, s, K):
     """Mean NLL over the whole-window tokens of one stream, gradient cut every K."""
-    x, y = bptt.windows(s, 1, K)
+    x, y, _ = windows(batchify(s, 1), K)
     model.zero_grad()
     state = model.zero_state(1)
     for i in range(x.shape[0]):
@@ -34,7 +36,7 @@ def test_t1_gradient_equals_truncated_bptt(cell, layers):
     u = torch.zeros(x.shape[1] - 1, model.state_size, dtype=torch.float64)
     model.zero_grad()
     n = x.shape[1]
-    out = btprop.objective(model, x, y, H.detach(), u, 1.0, 3, backward=lambda J: (J / n).backward())
+    out = btprop.objective(model, Blocks(x, y, H.detach(), u, 1.0, 3), backward=lambda J: (J / n).backward())
     assert out["penalty"].item() < 1e-25  # forward initialisation satisfies every constraint
     g_btprop = grads(model)
     g_bptt = truncated_bptt_grad(model, s, K)
@@ -45,11 +47,9 @@ def test_t1_gradient_equals_truncated_bptt(cell, layers):
 def test_t1_one_full_batch_update_equals_bptt(cell):
     s, K, lr = stream(61), 5, 0.7
     a, b = tiny_model(cell), tiny_model(cell)
-    m = method(block_size=K, h_steps=0, init="forward", theta_steps=1)
-    btprop.train_epoch(a, torch.optim.SGD(a.parameters(), lr=lr), s, m, batch_size=1,
-                       clip=0, lam=1.0, duals_on=False, chunk=4, state={})
-    bptt.train_epoch(b, torch.optim.SGD(b.parameters(), lr=lr), s, batch_size=1, K=K,
-                     clip=0, mode="batch")
+    cfg = run_cfg(block_size=K, h_steps=0, init="forward", theta_steps=1, chunk_blocks=4)
+    btprop.train_epoch(a, sgd(a, lr), s, cfg, {})
+    bptt.train_epoch(b, sgd(b, lr), s, run_cfg(name="bptt", block_size=K), {})
     torch.testing.assert_close(params(a), params(b), rtol=0, atol=1e-13)
     assert not torch.equal(params(a), params(tiny_model(cell)))  # it did move
 
@@ -59,11 +59,9 @@ def test_t1_minibatch_trajectory_equals_bptt(cell):
     """One block per mini-batch, n_h = 0: every update is BPTT's, for a whole epoch."""
     s, K, lr = stream(50), 4, 0.5
     a, b = tiny_model(cell), tiny_model(cell)
-    m = method(mode="minibatch", block_size=K, h_steps=0, theta_steps=1)
-    btprop.train_epoch(a, torch.optim.SGD(a.parameters(), lr=lr), s, m, batch_size=1,
-                       clip=0.3, lam=1.0, duals_on=False, chunk=4)
-    bptt.train_epoch(b, torch.optim.SGD(b.parameters(), lr=lr), s, batch_size=1, K=K,
-                     clip=0.3, mode="minibatch")
+    cfg = run_cfg(clip=0.3, mode="minibatch", block_size=K, h_steps=0, theta_steps=1, chunk_blocks=4)
+    btprop.train_epoch(a, sgd(a, lr, 0.3), s, cfg, {})
+    bptt.train_epoch(b, sgd(b, lr, 0.3), s, run_cfg(clip=0.3, name="bptt", mode="minibatch", block_size=K), {})
     torch.testing.assert_close(params(a), params(b), rtol=0, atol=1e-12)
 
 
@@ -86,10 +84,10 @@ def test_t2_one_h_step_tends_to_full_bptt(cell):
         h0 = model.flat_state(model.zero_state(1))
         H = btprop.init_states(model, x, h0, "forward")
         u = torch.zeros(1, model.state_size, dtype=torch.float64)
-        m = method(h_steps=1, h_optimizer="sgd", h_lr=eta)
-        btprop.h_steps(model, x, y, H, u, m, lam=1 / eta, chunk=2)
+        S = Blocks(x, y, H, u, 1 / eta, 2)
+        btprop.h_steps(model, S, method(h_steps=1, h_optimizer="sgd", h_lr=eta))
         model.zero_grad()
-        btprop.objective(model, x, y, H.detach(), u, 1 / eta, 2, backward=lambda J: (J / 2).backward())
+        btprop.objective(model, Blocks(x, y, H.detach(), u, 1 / eta, 2), backward=lambda J: (J / 2).backward())
         errors.append((grads(model) - target).norm().item())
     trunc = truncated_bptt_grad(model, s, K)
     assert (trunc - target).norm().item() > 100 * errors[-1]  # the limit is not truncated BPTT
@@ -105,16 +103,18 @@ def test_h_step_decreases_objective(cell):
     H = btprop.init_states(model, x, h0, "zero")
     u = torch.zeros(x.shape[1] - 1, model.state_size, dtype=torch.float64)
 
+    S = Blocks(x, y, H, u, 1.0, 4)
+
     def J():
         with torch.no_grad():
-            o = btprop.objective(model, x, y, H.detach(), u, 1.0, 4)
+            o = btprop.objective(model, Blocks(x, y, H.detach(), u, 1.0, 4))
         return (o["ce"] + o["penalty"]).item()
 
     before = J()
-    taken = btprop.h_steps(model, x, y, H, u, method(h_steps=1, h_lr=0.05), lam=1.0, chunk=4)
+    taken = btprop.h_steps(model, S, method(h_steps=1, h_lr=0.05))
     assert J() < before and taken.item() == 1
     H0 = H.detach().clone()
-    btprop.h_steps(model, x, y, H, u, method(h_steps=3, h_lr=0.05, h_tol=1e9), lam=1.0, chunk=4)
+    btprop.h_steps(model, S, method(h_steps=3, h_lr=0.05, h_tol=1e9))
     assert torch.equal(H.detach(), H0)  # tolerance met at once: no step taken
     torch.testing.assert_close(H.detach()[0], h0[0])  # H_1 never moves
 
@@ -129,9 +129,9 @@ def test_dual_update_converges_to_multiplier(cell):
     H = btprop.init_states(model, x, h0, "zero")
     u = torch.zeros(1, model.state_size, dtype=torch.float64)
     m = method(name="admm", h_steps=100, h_lr=0.05, theta_steps=0, u_lr=1.0)
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    theta, S = sgd(model, 0.0), Blocks(x, y, H, u, lam, 2)
     for _ in range(60):
-        btprop.update(model, opt, x, y, H, u, m, lam, duals_on=True, chunk=2, clip=0)
+        btprop.update(model, theta, S, m, duals_on=True)
     F1 = btprop.forward_init(model, x, h0)[1:].requires_grad_(True)
     logits, _ = model(x[:, 1:], model.unflat_state(F1))
     g2, = torch.autograd.grad(F.cross_entropy(logits.flatten(0, 1), y[:, 1]), F1)
@@ -144,21 +144,22 @@ def test_dual_update_converges_to_multiplier(cell):
 @pytest.mark.parametrize("name", ["penalty", "admm", "alm"])
 def test_chunked_batch_mode_equals_unchunked(cell, name):
     s = stream(80)
-    m = method(name=name, block_size=3, h_steps=2, theta_steps=2, h_optimizer="adagrad", h_lr=0.1)
     out = []
     for chunk in (4, 1000):
+        cfg = run_cfg(clip=0.5, name=name, block_size=3, h_steps=2, theta_steps=2,
+                      h_optimizer="adagrad", h_lr=0.1, lam=0.5, chunk_blocks=chunk)
         model = tiny_model(cell, layers=2)
-        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        theta = sgd(model, 0.01, 0.5, opt=torch.optim.Adam)
         state = {}
         for _ in range(2):
-            stats = btprop.train_epoch(model, opt, s, m, batch_size=1, clip=0.5, lam=0.5,
-                                       duals_on=True, chunk=chunk, state=state)
+            stats = btprop.train_epoch(model, theta, s, cfg, state)
         out.append((params(model), state["H"], state["u"], stats))
     (p1, H1, u1, s1), (p2, H2, u2, s2) = out
     torch.testing.assert_close(p1, p2, rtol=0, atol=1e-12)
     torch.testing.assert_close(H1, H2, rtol=0, atol=1e-12)
     torch.testing.assert_close(u1, u2, rtol=0, atol=1e-12)
-    assert u1.abs().sum() > 0 and s1["penalty"] == pytest.approx(s2["penalty"], rel=1e-10)
+    assert (u1.abs().sum() > 0) == (name != "penalty")  # the penalty method has no duals
+    assert s1["penalty"] == pytest.approx(s2["penalty"], rel=1e-10)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -179,9 +180,8 @@ def test_states_round_trip_through_free_variables(cell):
 def test_minibatch_carry_is_last_state_of_previous_minibatch():
     """Forward-initialised blocks continue the stream: the residual is zero before any h-step."""
     model, K = tiny_model("gru"), 3
-    m = method(mode="minibatch", block_size=K, h_steps=0, theta_steps=0)
-    stats = btprop.train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.1), stream(64), m,
-                               batch_size=4, clip=0, lam=1.0, duals_on=False, chunk=2)
+    cfg = run_cfg(batch_size=4, mode="minibatch", block_size=K, h_steps=0, theta_steps=0, chunk_blocks=2)
+    stats = btprop.train_epoch(model, sgd(model, 0.1), stream(64), cfg, {})
     assert stats["residual"] < 1e-12 and stats["penalty"] < 1e-24
 
 

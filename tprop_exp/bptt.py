@@ -1,72 +1,64 @@
 """Truncated BPTT, the baseline (SPEC §1).
 
-The training stream is laid out as B parallel streams (T, B). Each update
-unrolls K steps from the previous window's final state, detached, so no
-gradient crosses a window boundary. Only whole windows are used: the last
-(T - 1) mod K positions of each stream are dropped, as BTPROP drops its tail.
+The training stream is laid out as B parallel streams (T, B) and cut into
+K-step windows (data.windows). Each update unrolls one window from the
+previous window's final state, detached, so no gradient crosses a window
+boundary. Only whole windows are used: the last (T - 1) mod K positions of
+each stream are dropped, as BTPROP drops its tail.
 
 `minibatch` mode makes one update per window. `batch` mode (full-batch BPTT)
 accumulates the exact gradient of the mean NLL over every window of the epoch
 and makes one update per pass.
+
+The trainer's interface, shared with btprop: `train_epoch(model, theta,
+stream, cfg, state, epoch)` and `end_epoch(state, cfg)`.
 """
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import UserError
-from .data import batchify
-from .models import detach
+from .data import batchify, windows
+from .models import detach, token_nll
 
 
-def windows(stream, batch_size, K):
-    """(inputs, targets) of shape (nw, K, B): the K-step windows of B streams."""
-    data = batchify(stream, batch_size)
-    nw = (data.shape[0] - 1) // K
-    if nw == 0:
-        raise UserError(f"the training split ({len(stream)} tokens) is too short for one window "
-                        f"of {K} steps in {batch_size} streams (train.batch_size, method.block_size)")
-    x = data[:nw * K].reshape(nw, K, -1)
-    y = data[1:nw * K + 1].reshape(nw, K, -1)
-    return x, y
+def train_epoch(model, theta, stream, cfg, state, epoch=1, pos=None, on_update=None):
+    """One pass over the training stream.
 
-
-def train_epoch(model, opt, stream, *, batch_size, K, clip, mode, pos=None, on_update=None):
-    """One pass over the training stream; returns {"nll": mean train NLL, "tokens": n}.
-
+    Returns {"running_nll": mean NLL of the windows as θ moved, "tokens": n}.
     `pos` resumes a pass cut short ({"update", "state", "nll_sum"}), and
     `on_update(pos)` is called after each update so the caller can checkpoint.
+    BPTT keeps nothing across epochs: `state` is unused.
     """
+    K, B, mode = cfg.method.block_size, cfg.train.batch_size, cfg.method.mode
     device = model.decoder.weight.device
-    x, y = windows(stream, batch_size, K)
-    x, y = x.to(device), y.to(device)
+    x, y, _ = windows(batchify(stream, B).to(device), K)  # (nw, K, B)
     nw = x.shape[0]
+    if nw == 0:
+        raise UserError(f"the training split ({len(stream)} tokens) is too short for one window "
+                        f"of {K} steps in {B} streams (train.batch_size, method.block_size)")
     start = pos["update"] if pos else 0
-    state = pos["state"] if pos else model.zero_state(x.shape[2])
+    h = pos["state"] if pos else model.zero_state(B)
     nll_sum = pos["nll_sum"] if pos else torch.zeros((), dtype=torch.float64, device=device)
-    params = [p for p in model.parameters()]
     model.train()
     if mode == "batch":
-        opt.zero_grad(set_to_none=True)
+        theta.zero_grad()
     for i in tqdm(range(start, nw), desc="bptt", leave=False, disable=None, mininterval=2):
-        logits, state = model(x[i], state)
-        loss = F.cross_entropy(logits.flatten(0, 1), y[i].flatten())
+        logits, h = model(x[i], h)
+        loss = token_nll(logits, y[i]).mean()
         nll_sum += loss.detach().double()
-        state = detach(state)
+        h = detach(h)
         if mode == "minibatch":
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            step(opt, params, clip)
+            theta.zero_grad()
+            theta.backward(loss)
+            theta.step()
         else:  # full batch: gradient of the mean over all windows
-            (loss / nw).backward()
+            theta.backward(loss / nw)
         if on_update is not None:
-            on_update({"update": i + 1, "state": state, "nll_sum": nll_sum})
+            on_update({"update": i + 1, "state": h, "nll_sum": nll_sum})
     if mode == "batch":
-        step(opt, params, clip)
-    return {"nll": nll_sum.item() / nw, "tokens": nw * K * x.shape[2]}
+        theta.step()
+    return {"running_nll": nll_sum.item() / nw, "tokens": nw * K * B}
 
 
-def step(opt, params, clip):
-    """Global-norm clipping (0 = off), then the optimizer's step. No host sync."""
-    if clip > 0:
-        torch.nn.utils.clip_grad_norm_(params, clip)
-    opt.step()
+def end_epoch(state, cfg):
+    """Nothing to carry into the next epoch."""

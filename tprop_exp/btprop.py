@@ -20,66 +20,83 @@ recurrent module at once (block index = batch dimension); the recurrence depth
 is only K. In `batch` mode every block of the training set is in S, H and u
 persist across updates, and each step sums the chunks' gradients exactly.
 
-One update (`update`):
-  1. initialise H (`forward`: H_{b+1} = F_b(H_b); `zero`: H = 0); u = 0
-     (in batch mode only once, at the start of training);
+One update (`update`), the steps of SPEC §1:
+  1. initialise H (`forward`: H_{b+1} = F_b(H_b); `zero`: H = 0) and u = 0:
+     in batch mode once, at the start of training; in mini-batch mode for
+     every mini-batch;
   2. n_h h-steps on H, θ fixed (Adagrad or SGD, restarted every update as in
      the authors' code; early stop below a gradient-norm tolerance, by masking
      further steps: no host sync in the loop);
-  3. dual step  u_b ← u_b + ρ (F_b − H_{b+1})  (ADMM, ALM; from u_start_epoch);
-     it comes before the θ-steps, as in the authors' code, so that it acts
-     within a mini-batch although u is re-initialised for every mini-batch;
-  4. n_θ θ-steps on θ, H fixed (the run's torch.optim optimizer, global-norm
-     clipping).
-ALM replaces 2–4 with n_h joint gradient steps on (H, θ), then the dual step.
+  3. n_θ θ-steps on θ, H fixed (the run's optimizer, global-norm clipping);
+  4. dual step  u_b ← u_b + ρ (F_b − H_{b+1})  (ADMM, ALM; from u_start_epoch).
+ADMM orders 3 and 4 by mode, so that the duals always act: batch mode (u
+persists) h → θ → dual, the textbook order; mini-batch mode (u restarts with
+every mini-batch) h → dual → θ, as in the authors' code.
+ALM replaces 2–4 with n_h rounds of one joint gradient step on (H, θ) and a
+dual step, so the duals act on every joint step after the first.
 """
+from dataclasses import dataclass
+
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import UserError
-from .bptt import step as theta_step
-
+from .data import windows
+from .models import token_nll
 
 INITS = ("forward", "zero")  # method.init
 # method.h_optimizer: optimizers that stay put on a zero gradient (see masked_step)
 H_OPTIMIZERS = {"adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
+DUAL_METHODS = ("admm", "alm")
+
+
+@dataclass
+class Blocks:
+    """A set S of n consecutive blocks and its variables."""
+    x: torch.Tensor  # (K, n) inputs: column b is block b
+    y: torch.Tensor  # (K, n) targets, the inputs shifted by one token
+    H: torch.Tensor  # (n, S) start states H_b, a leaf that h-steps move; H_1 = H[0] is fixed
+    u: torch.Tensor  # (n-1, S) scaled duals u_b of the constraints F_b = H_{b+1}
+    lam: float       # λ
+    chunk: int       # blocks per forward/backward pass: memory only, never the result
+
+    @property
+    def n(self):
+        return self.x.shape[1]
+
+    def chunks(self, n=None):
+        """Ranges (i, j) of at most `chunk` blocks covering the first n (all)."""
+        n = self.n if n is None else n
+        return [(i, min(i + self.chunk, n)) for i in range(0, n, self.chunk)]
 
 
 def blocks(stream, K):
     """(inputs, targets) of shape (K, nb): column b is block b of the stream."""
-    nb = (len(stream) - 1) // K
-    x = stream[:nb * K].reshape(nb, K).t()
-    y = stream[1:nb * K + 1].reshape(nb, K).t()
-    return x, y
+    x, y, _ = windows(stream.view(-1, 1), K)
+    return x[..., 0].t(), y[..., 0].t()
 
 
-def objective(model, x, y, H, u, lam, chunk, backward=None):
-    """J over the n blocks in columns of x, y, chunk by chunk.
+def objective(model, S, backward=None):
+    """J over the blocks of S, chunk by chunk.
 
-    H: (n, S) start states; u: (n-1, S) duals. `backward(J_chunk)` is called
-    for each chunk, so gradients accumulate over chunks exactly as over the
-    whole set. Returns detached sums: CE, penalty, Σ||F_b − H_{b+1}||, and the
-    final state F_n of the last block (the carry into the next mini-batch).
+    `backward(J_chunk)` is called for each chunk, so gradients accumulate over
+    chunks exactly as over the whole set. Returns detached float64 sums (CE,
+    penalty, Σ||F_b − H_{b+1}||) and F_n, the last block's final state (the
+    carry into the next mini-batch).
     """
-    n = x.shape[1]
-    ce_sum = pen_sum = res_sum = 0.0
-    for i in range(0, n, chunk):
-        j = min(i + chunk, n)
-        logits, Fs = model(x[:, i:j], model.unflat_state(H[i:j]))
-        Fb = model.flat_state(Fs)                                    # F_b(H_b; θ)
-        ce = F.cross_entropy(logits.flatten(0, 1), y[:, i:j].flatten(), reduction="none")
-        ce = ce.view(x.shape[0], -1).mean(0)                         # CE_b = (1/K) Σ_t NLL_t
-        m = min(j, n - 1) - i                                        # blocks with a successor
-        diff = Fb[:m] - H[i + 1:i + 1 + m]                           # F_b − H_{b+1}
-        pen = 0.5 * lam * (diff + u[i:i + m]).pow(2).sum(1)          # (λ/2)||F_b + u_b − H_{b+1}||²
+    sums = torch.zeros(3, dtype=torch.float64, device=S.H.device)
+    for i, j in S.chunks():
+        logits, Fs = model(S.x[:, i:j], model.unflat_state(S.H[i:j]))
+        Fb = model.flat_state(Fs)                                   # F_b(H_b; θ)
+        ce = token_nll(logits, S.y[:, i:j]).mean(0)                 # CE_b = (1/K) Σ_t NLL_t
+        m = min(j, S.n - 1) - i                                     # blocks with a successor
+        diff = Fb[:m] - S.H[i + 1:i + 1 + m]                        # F_b − H_{b+1}
+        pen = 0.5 * S.lam * (diff + S.u[i:i + m]).pow(2).sum(1)     # (λ/2)||F_b + u_b − H_{b+1}||²
         J = ce.sum() + pen.sum()
         if backward is not None:
             backward(J)
-        ce_sum = ce_sum + ce.sum().detach().double()  # float64: summed over a whole epoch
-        pen_sum = pen_sum + pen.sum().detach().double()
-        res_sum = res_sum + diff.detach().norm(dim=1).sum().double()
-    return {"ce": ce_sum, "penalty": pen_sum, "residual": res_sum, "last": Fb[-1:].detach()}
+        sums += torch.stack([ce.sum(), pen.sum(), diff.norm(dim=1).sum()]).detach().double()
+    return {"ce": sums[0], "penalty": sums[1], "residual": sums[2], "last": Fb[-1:].detach()}
 
 
 @torch.no_grad()
@@ -92,8 +109,9 @@ def forward_init(model, x, h1):
     """
     n, K = x.shape[1], x.shape[0]
     if model.cell != "lstm" and model.num_layers == 1:
-        out, _ = model.rnn(model.embed(x.t().reshape(-1, 1)), model.unflat_state(h1))
-        return torch.cat([h1, out[K - 1:(n - 1) * K:K, 0]])   # H_{b+1} = h at the end of block b
+        with model.autocast():
+            out, _ = model.rnn(model.embed(x.t().reshape(-1, 1)), model.unflat_state(h1))
+        return torch.cat([h1, out[K - 1:(n - 1) * K:K, 0].to(h1.dtype)])
     H = torch.empty(n, model.state_size, dtype=h1.dtype, device=h1.device)
     H[0] = h1[0]
     state = model.unflat_state(h1)
@@ -115,10 +133,6 @@ def init_states(model, x, h1, how):
     return H.requires_grad_(True)
 
 
-def h_optimizer(H, m):
-    return H_OPTIMIZERS[m.h_optimizer]([H], lr=m.h_lr)
-
-
 def masked_step(opt, H, active, tol, clip=0.0):
     """One h-step while the gradient is above `tol`; `active` records whether.
 
@@ -128,6 +142,7 @@ def masked_step(opt, H, active, tol, clip=0.0):
     leaves Adagrad and plain SGD exactly where they stopped, without reading
     the norm on the host. `clip` bounds the global norm of ∇_H J.
     """
+    H.grad[0] = 0  # H_1 is fixed
     norm = torch.linalg.vector_norm(H.grad) / H.shape[0] ** 0.5
     active = active * (norm > tol)
     if clip > 0:
@@ -137,134 +152,128 @@ def masked_step(opt, H, active, tol, clip=0.0):
     return active
 
 
-def h_steps(model, x, y, H, u, m, lam, chunk):
+def h_steps(model, S, m):
     """Step 2: n_h steps on H (θ fixed) descending J. Returns steps taken (tensor)."""
-    opt = h_optimizer(H, m)
-    active = torch.ones((), device=H.device, dtype=H.dtype)
-    taken = torch.zeros((), device=H.device)
+    opt = H_OPTIMIZERS[m.h_optimizer]([S.H], lr=m.h_lr)
+    active = torch.ones((), device=S.H.device, dtype=S.H.dtype)
+    taken = torch.zeros((), device=S.H.device)
     for _ in range(m.h_steps):
-        H.grad = None
-        objective(model, x, y, H, u, lam, chunk, backward=lambda J: J.backward(inputs=[H]))
-        H.grad[0] = 0  # H_1 is fixed
-        active = masked_step(opt, H, active, m.h_tol, m.h_clip)
+        S.H.grad = None
+        objective(model, S, backward=lambda J: J.backward(inputs=[S.H]))
+        active = masked_step(opt, S.H, active, m.h_tol, m.h_clip)
         taken += active
     return taken
 
 
-@torch.no_grad()
-def dual_step(model, x, H, u, rho, chunk):
-    """Step 3: u_b ← u_b + ρ (F_b − H_{b+1}), scaled-form dual ascent."""
-    n = x.shape[1]
-    for i in range(0, n - 1, chunk):
-        j = min(i + chunk, n - 1)
-        Fs = model.final_state(x[:, i:j], model.unflat_state(H[i:j]))
-        u[i:j] += rho * (model.flat_state(Fs) - H[i + 1:j + 1])
-
-
-def theta_steps(model, opt, x, y, H, u, m, lam, chunk, clip):
-    """Step 4: n_θ steps on θ (H fixed) descending L = J / n.
+def theta_steps(model, theta, S, m):
+    """Step 3: n_θ steps on θ (H fixed) descending L = J / n.
 
     The terms reported are those of the first step (θ as it came to this
-    mini-batch, like BPTT's loss); the carry is the last step's F_n.
+    update, like BPTT's loss); the carry is the last step's F_n.
     """
-    params = list(model.parameters())
-    n = x.shape[1]
     stats = None
     for _ in range(m.theta_steps):
-        opt.zero_grad(set_to_none=True)
-        s = objective(model, x, y, H.detach(), u, lam, chunk,
-                      backward=lambda J: (J / n).backward(inputs=params))
-        theta_step(opt, params, clip)
+        theta.zero_grad()
+        s = objective(model, S, backward=lambda J: theta.backward(J / S.n))  # θ's gradient only
+        theta.step()
         stats = s if stats is None else {**stats, "last": s["last"]}
     return stats
 
 
-def alm_steps(model, opt, x, y, H, u, m, lam, chunk, clip):
-    """ALM: n_h joint gradient steps on (H, θ): H descends J, θ descends J / n.
+@torch.no_grad()
+def dual_step(model, S, rho):
+    """Step 4: u_b ← u_b + ρ (F_b − H_{b+1}), scaled-form dual ascent."""
+    for i, j in S.chunks(S.n - 1):
+        Fs = model.final_state(S.x[:, i:j], model.unflat_state(S.H[i:j]))
+        S.u[i:j] += rho * (model.flat_state(Fs) - S.H[i + 1:j + 1])
+
+
+def alm_steps(model, theta, S, m, duals_on):
+    """ALM: n_h rounds of one joint gradient step on (H, θ) — H descends J,
+    θ descends J / n — then a dual step.
 
     The h-tolerance stops H's steps only; θ takes every step (a zeroed
     gradient would still move Adam). Terms reported are the first step's.
     """
-    params = list(model.parameters())
-    n = x.shape[1]
-    h_opt = h_optimizer(H, m)
-    active = torch.ones((), device=H.device, dtype=H.dtype)
-    taken = torch.zeros((), device=H.device)
+    h_opt = H_OPTIMIZERS[m.h_optimizer]([S.H], lr=m.h_lr)
+    active = torch.ones((), device=S.H.device, dtype=S.H.dtype)
+    taken = torch.zeros((), device=S.H.device)
     stats = None
     for _ in range(m.h_steps):
-        H.grad = None
-        opt.zero_grad(set_to_none=True)
-        s = objective(model, x, y, H, u, lam, chunk,
-                      backward=lambda J: (J / n).backward(inputs=[H] + params))
+        S.H.grad = None
+        theta.zero_grad()
+        s = objective(model, S, backward=lambda J: theta.backward(J / S.n, extra=[S.H]))
         stats = s if stats is None else {**stats, "last": s["last"]}
-        H.grad.mul_(n)  # J, not J / n, for H
-        H.grad[0] = 0
-        active = masked_step(h_opt, H, active, m.h_tol, m.h_clip)
-        theta_step(opt, params, clip)
+        theta.unscale(S.H.grad).mul_(S.n)  # J, not J / n, for H
+        active = masked_step(h_opt, S.H, active, m.h_tol, m.h_clip)
+        theta.step()
         taken += active
+        if duals_on:
+            dual_step(model, S, m.u_lr)
     return stats, taken
 
 
-def update(model, opt, x, y, H, u, m, lam, *, duals_on, chunk, clip):
-    """Steps 2–4 (or ALM) on the blocks x, y with states H and duals u, in place.
+def update(model, theta, S, m, duals_on):
+    """Steps 2–4 (or ALM's rounds) on the blocks S, in place (S.H, S.u, θ).
 
     Returns device tensors (no host sync): CE and penalty sums, residual
     norm sum, h-steps taken, and the last block's final state.
     """
     if m.name == "alm":
-        stats, taken = alm_steps(model, opt, x, y, H, u, m, lam, chunk, clip)
-        if duals_on:
-            dual_step(model, x, H.detach(), u, m.u_lr, chunk)
+        stats, taken = alm_steps(model, theta, S, m, duals_on)
     else:
-        taken = h_steps(model, x, y, H, u, m, lam, chunk)
-        if duals_on:
-            dual_step(model, x, H.detach(), u, m.u_lr, chunk)
-        stats = theta_steps(model, opt, x, y, H, u, m, lam, chunk, clip)
+        admm = duals_on and m.name == "admm"
+        taken = h_steps(model, S, m)
+        if admm and m.mode == "minibatch":  # u restarts each mini-batch: the θ-steps must see it
+            dual_step(model, S, m.u_lr)
+        stats = theta_steps(model, theta, S, m)
+        if admm and m.mode == "batch":      # u persists: textbook ADMM
+            dual_step(model, S, m.u_lr)
     if stats is None:  # no θ-steps: measure the objective as it stands
         with torch.no_grad():
-            stats = objective(model, x, y, H.detach(), u, lam, chunk)
+            stats = objective(model, Blocks(S.x, S.y, S.H.detach(), S.u, S.lam, S.chunk))
     stats["h_steps"] = taken
     return stats
 
 
-def train_epoch(model, opt, stream, m, *, batch_size, clip, lam, duals_on, chunk,
-                state=None, pos=None, on_update=None):
+def train_epoch(model, theta, stream, cfg, state, epoch=1, pos=None, on_update=None):
     """One pass over the training stream.
 
-    `state` holds what batch mode keeps across epochs ({"H", "u"}; filled on
-    the first call). Returns per-block means of ce and penalty, the mean
-    residual and dual norms per constraint, mean h-steps per update, nll (the
-    ce term, as the epoch's training loss) and the number of tokens.
+    `state` is what BTPROP keeps across epochs: λ, and in batch mode H and u
+    (filled on the first call). Returns per-block means of the CE and penalty
+    terms, the mean residual and dual norms per constraint, mean h-steps per
+    update and the number of tokens.
     """
+    m, B = cfg.method, cfg.train.batch_size
     device = model.decoder.weight.device
-    x, y = blocks(stream, m.block_size)
-    x, y = x.to(device), y.to(device)
+    x, y = blocks(stream.to(device), m.block_size)
     nb = x.shape[1]
     if nb < 2:
         raise UserError(f"the training split ({len(stream)} tokens) is shorter than two blocks "
-                        f"of {m.block_size}")
-    dtype = model.decoder.weight.dtype
+                        f"of {m.block_size} (method.block_size)")
+    lam = state.setdefault("lam", float(m.lam))
+    duals_on = m.name in DUAL_METHODS and epoch >= m.u_start_epoch
     h0 = model.flat_state(model.zero_state(1))
     model.train()
     if m.mode == "batch":
         if state.get("H") is None:
             state["H"] = init_states(model, x, h0, m.init).detach()
-            state["u"] = torch.zeros(nb - 1, model.state_size, dtype=dtype, device=device)
-        H = state["H"].requires_grad_(True)
-        s = update(model, opt, x, y, H, state["u"], m, lam, duals_on=duals_on, chunk=chunk, clip=clip)
-        state["H"] = H.detach()
-        sums, n_updates, n_constraints = s, 1, nb - 1
+            state["u"] = torch.zeros(nb - 1, model.state_size, dtype=h0.dtype, device=device)
+        S = Blocks(x, y, state["H"].requires_grad_(True), state["u"], lam, m.chunk_blocks)
+        sums = update(model, theta, S, m, duals_on)
+        state["H"] = S.H.detach()
+        n_updates, n_constraints = 1, nb - 1
         dual_norm = state["u"].norm(dim=1).mean()
     else:
-        starts = range(0, nb, batch_size)
+        starts = range(0, nb, B)
         i0 = pos["update"] if pos else 0
         carry = pos["carry"] if pos else h0
         sums = pos["sums"] if pos else None
         for k in tqdm(range(i0, len(starts)), desc="btprop", leave=False, disable=None, mininterval=2):
-            xb, yb = x[:, starts[k]:starts[k] + batch_size], y[:, starts[k]:starts[k] + batch_size]
-            H = init_states(model, xb, carry, m.init)
-            u = torch.zeros(xb.shape[1] - 1, model.state_size, dtype=dtype, device=device)
-            s = update(model, opt, xb, yb, H, u, m, lam, duals_on=duals_on, chunk=chunk, clip=clip)
+            xb, yb = x[:, starts[k]:starts[k] + B], y[:, starts[k]:starts[k] + B]
+            u = torch.zeros(xb.shape[1] - 1, model.state_size, dtype=h0.dtype, device=device)
+            S = Blocks(xb, yb, init_states(model, xb, carry, m.init), u, lam, m.chunk_blocks)
+            s = update(model, theta, S, m, duals_on)
             s["dual"] = u.norm(dim=1).sum()
             carry = s.pop("last")
             sums = s if sums is None else {key: sums[key] + s[key] for key in sums}
@@ -272,7 +281,7 @@ def train_epoch(model, opt, stream, m, *, batch_size, clip, lam, duals_on, chunk
                 on_update({"update": k + 1, "carry": carry, "sums": sums})
         n_updates, n_constraints = len(starts), nb - len(starts)
         dual_norm = sums["dual"] / max(n_constraints, 1)
-    out = {
+    return {
         "ce": float(sums["ce"]) / nb,
         "penalty": float(sums["penalty"]) / nb,
         "residual": float(sums["residual"]) / max(n_constraints, 1),
@@ -280,5 +289,12 @@ def train_epoch(model, opt, stream, m, *, batch_size, clip, lam, duals_on, chunk
         "h_steps": float(sums["h_steps"]) / n_updates,
         "tokens": nb * m.block_size,
     }
-    out["nll"] = out["ce"]
-    return out
+
+
+def end_epoch(state, cfg):
+    """λ ← λ·λ_mult; persisted scaled duals u = y/λ are rescaled so that the
+    multiplier y = λ·u is kept."""
+    lam = state["lam"] * cfg.method.lam_mult
+    if state.get("u") is not None and lam > 0:
+        state["u"] *= state["lam"] / lam
+    state["lam"] = lam

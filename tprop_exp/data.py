@@ -87,6 +87,24 @@ def batchify(data: torch.Tensor, n: int) -> torch.Tensor:
     return data[: steps * n].view(n, steps).t().contiguous()
 
 
+def windows(data: torch.Tensor, K: int):
+    """The K-step windows of time-major streams `data` (T, n): the one layout
+    that BPTT, BTPROP's blocks and evaluation all read.
+
+    Returns x, y of shape (nw, K, n), nw = (T - 1) // K, with y the next
+    tokens, and the last, shorter window (x, y) of the remaining predictions
+    (possibly empty).  For one stream 0 1 ... 9 (T = 10) and K = 4:
+
+        x[0] = 0 1 2 3   y[0] = 1 2 3 4
+        x[1] = 4 5 6 7   y[1] = 5 6 7 8
+        tail:  8         ->     9
+    """
+    nw = (data.shape[0] - 1) // K
+    x = data[:nw * K].view(nw, K, *data.shape[1:])
+    y = data[1:nw * K + 1].view(nw, K, *data.shape[1:])
+    return x, y, (data[nw * K:-1], data[nw * K + 1:])
+
+
 # --------------------------------------------------------------------- readers
 
 def _pieces(text: str, sep: str = " "):

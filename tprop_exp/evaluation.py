@@ -1,15 +1,19 @@
 """Frozen-θ evaluation (SPEC §1): nothing is optimised.
 
-The split is laid out as E parallel streams (batchify), the ordinary recurrence
-runs over each stream carrying its state across the whole split, and
-perplexity = exp(mean NLL over every predicted token).
+The split is laid out as E parallel streams (data.batchify), the ordinary
+recurrence runs over each stream in windows (data.windows), carrying its
+state across the whole split, and perplexity = exp(mean NLL over every
+predicted token). The NLL is summed in float64 whatever the precision.
+The same evaluation over (a prefix of) the training split gives every
+method's `train_ppl`.
 """
 import math
 
 import torch
-import torch.nn.functional as F
 
-from .data import batchify
+from . import UserError
+from .data import batchify, windows
+from .models import token_nll
 
 
 @torch.no_grad()
@@ -23,16 +27,18 @@ def evaluate(model, tokens, n_streams, window=256):
     model.eval()
     device = model.decoder.weight.device
     data = batchify(tokens, n_streams).to(device)  # (T, E)
+    x, y, tail = windows(data, window)
     state = model.zero_state(data.shape[1])
     total = torch.zeros((), dtype=torch.float64, device=device)
-    for i in range(0, data.shape[0] - 1, window):
-        x = data[i:i + window]
-        y = data[i + 1:i + 1 + window]
-        x = x[:y.shape[0]]
-        logits, state = model(x, state)
-        total += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").double()
+    for xi, yi in [*zip(x, y), tail]:
+        if len(xi):
+            logits, state = model(xi, state)
+            total += token_nll(logits, yi).sum(dtype=torch.float64)
     model.train(was_training)
     count = (data.shape[0] - 1) * data.shape[1]
+    if count == 0:
+        raise UserError(f"a split of {len(tokens)} tokens leaves nothing to predict in "
+                        f"{n_streams} streams (train.eval_batch_size)")
     nll = total.item() / count
     return nll, perplexity(nll)
 

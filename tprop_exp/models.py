@@ -7,10 +7,15 @@ The *state* is what the recurrence carries: a tensor (L, n, d) for RNN/GRU and
 a pair (h, c) of such tensors for LSTM. BTPROP keeps free variables in that
 space, flattened per sequence to a vector of size `state_size` by `flat_state`.
 """
+import contextlib
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+# train.precision: the dtype of the forward pass under autocast (weights stay fp32).
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class LanguageModel(nn.Module):
@@ -22,6 +27,7 @@ class LanguageModel(nn.Module):
         self.embed = nn.Embedding(vocab_size, hidden_size)  # embedding size = hidden size
         self.rnn = CELLS[cell](hidden_size, hidden_size, num_layers)
         self.decoder = nn.Linear(hidden_size, vocab_size)
+        self.amp_dtype = None  # set by the trainer from train.precision
         for p in self.parameters():
             nn.init.uniform_(p, -init_range, init_range)
 
@@ -30,14 +36,33 @@ class LanguageModel(nn.Module):
         """Length of one sequence's flattened state: L·d, or 2·L·d for an LSTM."""
         return self.num_layers * self.hidden_size * (2 if self.cell == "lstm" else 1)
 
+    def autocast(self):
+        """Mixed precision for the forward pass (a no-op for fp32)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.decoder.weight.device.type, dtype=self.amp_dtype)
+
     def forward(self, tokens, state):
-        """tokens (T, n), state for n sequences -> logits (T, n, V), final state."""
-        out, state = self.rnn(self.embed(tokens), state)
-        return self.decoder(out), state
+        """tokens (T, n), state for n sequences -> logits (T, n, V), final state.
+
+        Under mixed precision the logits come in the reduced dtype (token_nll
+        takes them to fp32); the state goes back to the weights' dtype, so the
+        free variables and the carried state stay in full precision.
+        """
+        with self.autocast():
+            out, state = self.rnn(self.embed(tokens), state)
+            logits = self.decoder(out)
+        return logits, self._cast(state)
 
     def final_state(self, tokens, state):
         """The recurrence alone, no decoder: tokens (T, n), state -> final state."""
-        return self.rnn(self.embed(tokens), state)[1]
+        with self.autocast():
+            state = self.rnn(self.embed(tokens), state)[1]
+        return self._cast(state)
+
+    def _cast(self, state):
+        dtype = self.decoder.weight.dtype
+        return tuple(s.to(dtype) for s in state) if isinstance(state, tuple) else state.to(dtype)
 
     def zero_state(self, n, device=None, dtype=None):
         p = self.decoder.weight
@@ -56,6 +81,13 @@ class LanguageModel(nn.Module):
         parts = [p.reshape(n, L, d).transpose(0, 1).contiguous()
                  for p in flat.split(L * d, dim=1)]
         return tuple(parts) if self.cell == "lstm" else parts[0]
+
+
+def token_nll(logits, targets):
+    """Per-token negative log-likelihood (T, n), computed in fp32 or better."""
+    logits = logits.float() if logits.dtype in (torch.bfloat16, torch.float16) else logits
+    nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+    return nll.view(targets.shape)
 
 
 def detach(state):

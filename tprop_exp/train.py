@@ -13,13 +13,15 @@ from pathlib import Path
 
 import torch
 
-from . import UserError, bptt, btprop, records
+from . import UserError, bptt, btprop, optim, records
 from .data import load_corpus, resolve_data_dir
-from .evaluation import evaluate, perplexity
-from .models import CELLS, build_model
+from .evaluation import evaluate
+from .models import CELLS, PRECISIONS, build_model
+from .optim import OPTIMIZERS
 
-OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam}
-METHODS = ("bptt", "penalty", "admm", "alm")
+# The training core of each method: train_epoch(...) and end_epoch(state, cfg).
+CORES = {"bptt": bptt, "penalty": btprop, "admm": btprop, "alm": btprop}
+METHODS = tuple(CORES)
 
 
 def check_config(cfg):
@@ -42,7 +44,8 @@ def check_config(cfg):
         if value is not None and value < 0:
             raise UserError(f"method.{key} must be non-negative, got {value!r}")
     choices = {"arch.cell": (cfg.arch.cell, tuple(CELLS)),
-               "train.dtype": (cfg.train.dtype, ("float32", "float64", "bfloat16", "float16"))}
+               "train.dtype": (cfg.train.dtype, ("float32", "float64")),
+               "train.precision": (cfg.train.precision, tuple(PRECISIONS))}
     if cfg.method.name != "bptt":
         choices["method.init"] = (cfg.method.init, btprop.INITS)
         choices["method.h_optimizer"] = (cfg.method.h_optimizer, tuple(btprop.H_OPTIMIZERS))
@@ -91,11 +94,14 @@ def run(cfg, run_dir, overrides=()):
     torch.manual_seed(cfg.train.seed)
     dtype = getattr(torch, cfg.train.dtype)
     model = build_model(cfg.arch, len(corpus.vocab)).to(device=device, dtype=dtype)
-    opt = OPTIMIZERS[cfg.train.optimizer](model.parameters(), lr=cfg.train.lr)
+    model.amp_dtype = PRECISIONS[cfg.train.precision]  # autocast; weights stay in `dtype`
+    if device.type == "cuda" and cfg.train.precision == "fp32":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    theta = optim.build(model, cfg)
     # Shrink the learning rate when validation stops improving (patience 0).
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.train.lr_decay, patience=0)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(theta.opt, factor=cfg.train.lr_decay, patience=0)
     prov = records.provenance(device, overrides)
-    t = Trainer(cfg, model, opt, sched, corpus, run_dir, config)
+    t = Trainer(cfg, model, theta, sched, corpus, run_dir, config)
     t.resume(records.load_checkpoint(run_dir, config))
     status, error = t.fit()
     records.write_metrics(run_dir, t.history)  # final: also a diverged run, or a resumed one with nothing left
@@ -109,21 +115,22 @@ def run(cfg, run_dir, overrides=()):
 class Trainer:
     """The mutable state of one run, so that it can be checkpointed whole."""
 
-    def __init__(self, cfg, model, opt, sched, corpus, run_dir, config):
-        self.cfg, self.model, self.opt, self.sched = cfg, model, opt, sched
+    def __init__(self, cfg, model, theta, sched, corpus, run_dir, config):
+        self.cfg, self.model, self.theta, self.sched = cfg, model, theta, sched
         self.corpus, self.run_dir, self.config = corpus, run_dir, config
+        self.core = CORES[cfg.method.name]
         self.epoch, self.history, self.best, self.bad_epochs = 0, [], math.inf, 0
-        self.best_state, self.btprop_state, self.pos = None, {}, None
-        self.wall, self.lam = 0.0, cfg.method.get("lam", 0.0)
+        self.best_state, self.state, self.pos = None, {}, None  # state: the core's, across epochs
+        self.wall = 0.0
         self.last_save = time.monotonic()
 
     def checkpoint(self, pos=None):
         records.save_checkpoint(self.run_dir, {
             "config": self.config, "epoch": self.epoch, "history": self.history,
-            "model": self.model.state_dict(), "opt": self.opt.state_dict(),
+            "model": self.model.state_dict(), "theta": self.theta.state_dict(),
             "sched": self.sched.state_dict(), "best": self.best, "bad_epochs": self.bad_epochs,
-            "best_state": self.best_state, "btprop_state": self.btprop_state,
-            "pos": pos, "wall": self.wall, "lam": self.lam, "rng": torch.get_rng_state(),
+            "best_state": self.best_state, "core_state": self.state,
+            "pos": pos, "wall": self.wall, "rng": torch.get_rng_state(),
         })
         self.last_save = time.monotonic()
 
@@ -132,13 +139,13 @@ class Trainer:
             return
         device = self.model.decoder.weight.device
         self.model.load_state_dict(ckpt["model"])
-        self.opt.load_state_dict(ckpt["opt"])
+        self.theta.load_state_dict(ckpt["theta"])
         self.sched.load_state_dict(ckpt["sched"])
         torch.set_rng_state(ckpt["rng"])
         self.epoch, self.history = ckpt["epoch"], ckpt["history"]
         self.best, self.bad_epochs, self.best_state = ckpt["best"], ckpt["bad_epochs"], ckpt["best_state"]
-        self.wall, self.lam = ckpt["wall"], ckpt["lam"]
-        self.btprop_state = {k: v.to(device) for k, v in ckpt["btprop_state"].items()}
+        self.wall = ckpt["wall"]
+        self.state = to_device(ckpt["core_state"], device)
         self.pos = to_device(ckpt["pos"], device)
         print(f"{self.run_dir}: resuming at epoch {self.epoch + 1}"
               + (f", update {self.pos['update']}" if self.pos else ""))
@@ -149,25 +156,17 @@ class Trainer:
             self.checkpoint(pos)
 
     def train_epoch(self):
-        cfg, m = self.cfg, self.cfg.method
-        train = self.corpus.train
-        on_update = self.on_update if m.mode == "minibatch" else None
+        on_update = self.on_update if self.cfg.method.mode == "minibatch" else None
         pos, self.pos = self.pos, None
-        if m.name == "bptt":
-            return bptt.train_epoch(self.model, self.opt, train, batch_size=cfg.train.batch_size,
-                                    K=m.block_size, clip=cfg.train.clip, mode=m.mode,
-                                    pos=pos, on_update=on_update)
-        duals_on = m.name in ("admm", "alm") and self.epoch + 1 >= m.u_start_epoch
-        return btprop.train_epoch(self.model, self.opt, train, m, batch_size=cfg.train.batch_size,
-                                  clip=cfg.train.clip, lam=self.lam, duals_on=duals_on,
-                                  chunk=m.chunk_blocks, state=self.btprop_state,
-                                  pos=pos, on_update=on_update)
+        return self.core.train_epoch(self.model, self.theta, self.corpus.train, self.cfg,
+                                     self.state, epoch=self.epoch + 1, pos=pos, on_update=on_update)
 
-    def set_lam(self, lam):
-        """λ ← λ·λ_mult; persisted scaled duals u = y/λ keep their multiplier y."""
-        if self.btprop_state.get("u") is not None and lam > 0:
-            self.btprop_state["u"] *= self.lam / lam
-        self.lam = lam
+    def train_ppl(self):
+        """SPEC's train_ppl: θ frozen, evaluated like validation over the
+        first train.train_eval_tokens training tokens (all when null)."""
+        n = self.cfg.train.get("train_eval_tokens")
+        tokens = self.corpus.train if n is None else self.corpus.train[:n]
+        return evaluate(self.model, tokens, self.cfg.train.eval_batch_size)[1]
 
     def fit(self):
         cfg = self.cfg
@@ -182,15 +181,16 @@ class Trainer:
             valid_nll, valid_ppl = evaluate(self.model, self.corpus.valid, cfg.train.eval_batch_size)
             self.epoch += 1
             self.wall += seconds
-            row = {"epoch": self.epoch, "train_ppl": perplexity(stats.pop("nll")),
-                   "valid_ppl": valid_ppl, "lr": self.opt.param_groups[0]["lr"],
+            row = {"epoch": self.epoch, "train_ppl": self.train_ppl(),
+                   "valid_ppl": valid_ppl, "lr": self.theta.opt.param_groups[0]["lr"],
                    "tokens_per_s": stats.pop("tokens") / seconds, "seconds": seconds}
-            if cfg.method.name != "bptt":
-                row["lam"] = self.lam
+            if "lam" in self.state:
+                row["lam"] = self.state["lam"]
             row.update(stats)
             self.history.append(row)
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-            if not math.isfinite(valid_nll) or not (math.log(row["train_ppl"]) < limit):
+            loss = stats.get("running_nll", stats.get("ce"))  # the method's own objective
+            if not math.isfinite(valid_nll) or not (loss < limit):
                 self.checkpoint()  # run() writes the metrics
                 return "diverged", None
             if valid_ppl < self.best:
@@ -199,7 +199,7 @@ class Trainer:
             else:
                 self.bad_epochs += 1
             self.sched.step(valid_nll)
-            self.set_lam(self.lam * cfg.method.get("lam_mult", 1.0))
+            self.core.end_epoch(self.state, cfg)
             records.write_metrics(self.run_dir, self.history)
             self.checkpoint()
         return "completed", None

@@ -1,0 +1,56 @@
+"""Updating θ: the run's torch.optim optimizer, global-norm clipping and, for
+fp16, a gradient scaler (SPEC §1 "What is reported": precision).
+
+BPTT and BTPROP both call `ThetaStep.backward(loss)` then `.step()`, so the
+precision and clipping rules are written once.
+"""
+import torch
+
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam}
+
+
+class ThetaStep:
+    """θ's optimizer, with clipping (0 = off) and a gradient scaler for fp16."""
+
+    def __init__(self, opt, clip=0.0, fp16=False):
+        self.opt, self.clip = opt, clip
+        self.params = [p for g in opt.param_groups for p in g["params"]]
+        device = self.params[0].device.type
+        self.scaler = torch.amp.GradScaler(device, enabled=fp16)
+
+    def zero_grad(self):
+        self.opt.zero_grad(set_to_none=True)
+
+    def backward(self, loss, extra=()):
+        """Gradients of `loss` for θ and for the `extra` tensors (ALM's H).
+
+        Under fp16 the loss is scaled; `unscale` takes an extra tensor's
+        gradient back to the true scale (θ's is unscaled in `step`).
+        """
+        self.scaler.scale(loss).backward(inputs=[*extra, *self.params])
+
+    def unscale(self, grad):
+        if self.scaler.is_enabled():
+            grad.div_(self.scaler.get_scale())
+        return grad
+
+    def step(self):
+        """Global-norm clipping, then the optimizer's step. No host sync in fp32."""
+        if self.clip > 0:
+            self.scaler.unscale_(self.opt)
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+
+    def state_dict(self):
+        return {"opt": self.opt.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state):
+        self.opt.load_state_dict(state["opt"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
+def build(model, cfg):
+    """The ThetaStep of a run: train.optimizer at train.lr, train.clip, train.precision."""
+    opt = OPTIMIZERS[cfg.train.optimizer](model.parameters(), lr=cfg.train.lr)
+    return ThetaStep(opt, cfg.train.clip, fp16=cfg.train.get("precision") == "fp16")
