@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
+from matplotlib.ticker import LogFormatter, MaxNLocator  # noqa: E402
 
 from tprop_exp.records import atomic_write  # noqa: E402
 from tprop_exp.runs import NUMERIC, load_history, unique  # noqa: E402
@@ -25,13 +25,12 @@ DIAGNOSTICS = [("penalty", "penalty term", True), ("residual", "residual ‖F_b 
                ("dual_norm", "dual norm ‖u‖", True), ("h_steps", "h-steps taken per update", False),
                ("lam", "λ", False)]
 MAX_COLS = 4
-PLAIN = FuncFormatter(lambda v, _: f"{v:g}")  # 400, not 4×10²
 
 
 def _log_y(ax):
     ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(PLAIN)
-    ax.yaxis.set_minor_formatter(PLAIN)
+    ax.yaxis.set_major_formatter(LogFormatter())  # plain 400, not 4×10²
+    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
 
 
 def save(fig, path):
