@@ -108,22 +108,33 @@ def _title(panel, keys):
     return " · ".join(_fmt(k, v) for k, v in zip(keys, panel)) or "all runs"
 
 
-def _band(ax, g, column, **style):
-    """Mean over seeds against epoch, with a ± std band where n ≥ 2."""
+def _band(ax, g, column, log=False, **style):
+    """Mean over seeds against epoch, with a ± std band where n ≥ 2 (on a log
+    axis the band's lower side is dropped where it would reach zero)."""
     x = g.groupby("epoch")[column].agg(["mean", "std", "count"]).dropna(subset=["mean"])
     if x.empty:
         return None
-    line, = ax.plot(x.index, x["mean"], **style)
+    line, = ax.plot(x.index, x["mean"], markersize=4, **style)
     spread = x[x["count"] >= 2]
     if not spread.empty:
-        ax.fill_between(spread.index, spread["mean"] - spread["std"], spread["mean"] + spread["std"],
+        low = spread["mean"] - spread["std"]
+        if log:
+            low = low.where(low > 0, spread["mean"])
+        ax.fill_between(spread.index, low, spread["mean"] + spread["std"],
                         color=line.get_color(), alpha=0.2, linewidth=0)
     return line
 
 
-def _colours(lines):
+def _styles(lines):
+    """A colour and a marker per line, so that lines drawn on top of each other stay visible."""
     cmap = plt.get_cmap("tab10" if len(lines) <= 10 else "tab20")
-    return {name: cmap(i % cmap.N) for i, name in enumerate(lines)}
+    markers = "os^Dv<>p"
+    return {name: dict(color=cmap(i % cmap.N), marker=markers[i % len(markers)])
+            for i, name in enumerate(lines)}
+
+
+def _handles(styles):
+    return [Line2D([], [], label=name, markersize=4, **style) for name, style in styles.items()]
 
 
 def _finish(fig, title, runs, handles):
@@ -141,21 +152,22 @@ def curves_figure(runs, summary, keys, title):
         return None
     panel_keys, _ = _panels_and_lines(summary, keys)
     h = h.sort_values(["_order", "epoch"])
-    colours = _colours(list(dict.fromkeys(h["_line"])))
+    styles = _styles(list(dict.fromkeys(h["_line"])))
     fig, axes = _grid(list(dict.fromkeys(h["_panel"])))
     for panel, ax in axes.items():
         ax.set_visible(True)
+        top = h.loc[h["_panel"] == panel, [c for c in ("train_ppl", "valid_ppl") if c in h]]
+        log = bool(top.min().min() > 0 and top.max().max() / top.min().min() > 3)
         for name, g in h[h["_panel"] == panel].groupby("_line", sort=False):
             for col, ls in (("valid_ppl", "-"), ("train_ppl", "--")):
                 if col in g:
-                    _band(ax, g, col, color=colours[name], linestyle=ls, marker=".")
-        top = h.loc[h["_panel"] == panel, [c for c in ("train_ppl", "valid_ppl") if c in h]]
-        if top.min().min() > 0 and top.max().max() / top.min().min() > 3:
+                    _band(ax, g, col, log, linestyle=ls, **styles[name])
+        if log:
             _log_y(ax)
         ax.set(title=_title(panel, panel_keys), xlabel="epoch", ylabel="perplexity")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    handles = [Line2D([], [], color=c, label=n) for n, c in colours.items()]
+    handles = _handles(styles)
     handles += [Line2D([], [], color="k", linestyle="-", label="valid"),
                 Line2D([], [], color="k", linestyle="--", label="train")]
     return _finish(fig, title, runs, handles)
@@ -177,22 +189,22 @@ def diagnostics_figure(runs, summary, keys, title):
     h = h.assign(_line=[" · ".join([*(_fmt(k, v) for k, v in zip(extra, p[1:])), n])
                         for p, n in zip(h["_panel"], h["_line"])], _dataset=[p[0] if p else "all runs" for p in h["_panel"]])
     h = h.sort_values(["_order", "epoch"])
-    colours = _colours(list(dict.fromkeys(h["_line"])))
+    styles = _styles(list(dict.fromkeys(h["_line"])))
     datasets = list(dict.fromkeys(h["_dataset"]))
     fig, axes = plt.subplots(len(datasets), len(present), squeeze=False, layout="constrained",
                              figsize=(3.6 * len(present), 3.2 * len(datasets) + 1.2))
     for row, d in zip(axes, datasets):
         for ax, (col, label, log) in zip(row, present):
             g = h[h["_dataset"] == d]
+            log_here = bool(log and g[col].notna().any() and (g[col].dropna() > 0).all())
             for name, line in g.groupby("_line", sort=False):
-                _band(ax, line, col, color=colours[name], marker=".")
-            if log and (g[col].dropna() > 0).all() and g[col].notna().any():
+                _band(ax, line, col, log_here, **styles[name])
+            if log_here:
                 ax.set_yscale("log")  # norms span decades: keep the 10^k labels
             ax.set(title=f"{d}: {label}", xlabel="epoch", ylabel=label)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
-    handles = [Line2D([], [], color=c, label=n) for n, c in colours.items()]
-    return _finish(fig, title, runs, handles)
+    return _finish(fig, title, runs, _handles(styles))
 
 
 def hidden_figure(summary, runs, title):
