@@ -3,7 +3,7 @@ and the formatted tables (DataFrames of 'mean ± std (n)' text)."""
 
 import pandas as pd
 
-from tprop_exp.claims import fmt_stat
+from tprop_exp.stats import fmt_stat
 from tprop_exp.runs import NUMERIC, varying_keys
 
 METRICS = {"valid": "best_valid_ppl", "test": "test_ppl", "train": "train_ppl"}
