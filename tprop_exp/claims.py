@@ -7,57 +7,38 @@ valid, test, train).  `evaluate_claims` gives one verdict per claim and
 dataset; `claims_markdown` renders them with the rules and the numbers.
 """
 
-import math
-from dataclasses import dataclass
-
 import pandas as pd
 
-COMPARABLE = 0.05   # "comparable": means within 5% (relative)
-SMALL_GAIN = 0.05   # claim 4: "gains little" = less than 5% lower perplexity
-SINGLE_SEED = 0.02  # margin when either cell has a single seed: 2% of the lower mean
+from tprop_exp.stats import (COMPARABLE, FAILS, HOLDS, UNSURE, Z, Cell, combine, comparable,  # noqa: F401
+                             exceeds, fmt_stat, negate, word, worse)
 
-HOLDS, FAILS, UNSURE = "holds", "does not hold", "inconclusive"
+SMALL_GAIN = 0.05   # claim 4: "gains little" = less than 5% lower perplexity
+
 
 RULES = f"""\
 - Cells are means over seeds of completed runs (diverged and failed runs are
   left out); lower perplexity is better. Unless a claim says otherwise the
   metric is validation perplexity.
-- **worse / better**: A is worse than B when mean(A) − mean(B) exceeds the
-  *margin*: the pooled standard deviation over seeds of the two cells, or,
-  when either cell has a single seed, {SINGLE_SEED:.0%} of the lower mean
-  (marked "single seed").
-- **comparable**: the two means differ by at most {COMPARABLE:.0%} of the
-  second (relative).
+- The noise of a difference of two cell means is its standard error,
+  SE = √(s_A²/n_A + s_B²/n_B), with s the standard deviation over seeds
+  (ddof = 1) and n the number of seeds.
+- **worse / better**: A is worse than B when mean(A) − mean(B) > {Z:g}·SE
+  (roughly a one-sided test at the 2.5% level under normal noise; with 2 or 3
+  seeds per cell it is lenient, as the t quantiles are larger).
+- **single seed**: a comparison in which either cell has fewer than 2 seeds
+  is **inconclusive (single seed)**: one run says nothing about the spread.
+- **comparable**: the interval mean(A) − mean(B) ± {Z:g}·SE lies within
+  ±{COMPARABLE:.0%} of mean(B); **not comparable** when it lies wholly
+  outside that band; inconclusive otherwise (too few seeds to tell).
 - **best BTPROP**: the BTPROP row (any method and h-step count) with the
   lowest mean in that column.
-- A claim that needs cells that are absent is **inconclusive**; "no runs"
-  means its table has no CSV in this folder, or no row for that dataset.
+- A claim **does not hold** when any of its comparisons goes against it; else
+  it is **inconclusive** when any comparison is; else it **holds**. A claim
+  that needs cells that are absent is inconclusive; "no runs" means its table
+  has no CSV in this folder, or no row for that dataset.
+- **Across datasets**: each claim is judged on each dataset separately; the
+  summary says on how many it holds (both / one / neither for two datasets).
 """
-
-
-@dataclass
-class Cell:
-    label: str
-    mean: float
-    std: float
-    n: int
-
-    def __str__(self):
-        return f"{self.label} {fmt_stat(self.mean, self.std, self.n)}"
-
-
-def fmt_num(x, mean):
-    # One decimal for word-level perplexities, two for character-level ones.
-    return f"{x:.1f}" if abs(mean) >= 10 else f"{x:.2f}"
-
-
-def fmt_stat(mean, std, n):
-    """`182.3 ± 1.2 (3)`; just the mean for one seed; `–` for none."""
-    if not n or pd.isna(mean):
-        return "–"
-    if n == 1 or pd.isna(std):
-        return fmt_num(mean, mean)
-    return f"{fmt_num(mean, mean)} ± {fmt_num(std, mean)} ({int(n)})"
 
 
 def row_name(row):
@@ -80,20 +61,6 @@ def best(rows, metric="valid"):
     return cell(rows.loc[rows[f"{metric}_mean"].idxmin()], metric)
 
 
-def margin(a, b):
-    if a.n >= 2 and b.n >= 2:
-        pooled = ((a.n - 1) * a.std ** 2 + (b.n - 1) * b.std ** 2) / (a.n + b.n - 2)
-        return math.sqrt(pooled), "pooled std"
-    return SINGLE_SEED * min(a.mean, b.mean), "single seed, 2%"
-
-
-def worse(a, b):
-    """(is a worse than b, text of the comparison)."""
-    m, how = margin(a, b)
-    d = a.mean - b.mean
-    return d > m, f"difference {d:+.3g}, margin {m:.3g} ({how})"
-
-
 def rel(a, b):
     return (a.mean - b.mean) / b.mean
 
@@ -109,44 +76,44 @@ def claim1(s):
     ks = sorted(set(bptt["K"]) & set(bt["K"]))
     if not ks:
         return UNSURE, ["no batch-mode K with both BPTT and BTPROP runs"]
-    ok, lines = True, []
+    conds, lines = [], []
     for k in ks[len(ks) // 2:]:  # the larger half of the K values
         a, b = best(bt[bt["K"] == k]), best(bptt[bptt["K"] == k])
         if a is None or b is None:
             continue
-        r = rel(a, b)
-        ok &= abs(r) <= COMPARABLE
-        lines.append(f"K={k}: {a} vs {b}: {r:+.1%} → "
-                     f"{'comparable' if abs(r) <= COMPARABLE else 'not comparable'}")
+        c, how = comparable(a, b)
+        conds.append(c)
+        lines.append(f"K={k}: {a} vs {b}: {how} → {word(c, 'comparable', 'not comparable')}")
     if not lines:
         return UNSURE, ["no completed cells to compare"]
-    return (HOLDS if ok else FAILS), lines
+    return combine(conds), lines
 
 
 def claim2(s):
     _, bt = _split(s.dropna(subset=["valid_mean", "h_steps"]))
-    ok, lines = True, []
+    conds, lines = [], []
     for (mode, k, method), g in bt.groupby(["mode", "K", "method"]):
         g = g.sort_values("h_steps")
         if len(g) < 2:
             continue
         cells = [cell(r) for _, r in g.iterrows()]
-        bad = []
+        notes = []
         for i, a in enumerate(cells):
             for b in cells[i + 1:]:
                 helps, how = worse(a, b)  # fewer h-steps worse: more h-steps help
-                if helps:
-                    bad.append(f"{b.label} improves on {a.label} ({how})")
-        ok &= not bad
+                conds.append(negate(helps))
+                if helps is not False:
+                    notes.append(f"{b.label} vs {a.label}: {how}"
+                                 + (" → improves" if helps else ""))
         lines.append(f"{mode} K={k}: " + ", ".join(map(str, cells)) + " → "
-                     + ("; ".join(bad) if bad else "no improvement beyond the margin"))
+                     + ("; ".join(notes) if notes else "no improvement beyond 2·SE"))
     if not lines:
         return UNSURE, ["no column with two or more h-step counts"]
-    return (HOLDS if ok else FAILS), lines
+    return combine(conds), lines
 
 
 def claim3(s):
-    ok, lines, done = True, [], set()
+    conds, lines, done = [], [], set()
     for family, rows in zip(("BPTT", "BTPROP"), _split(s)):
         ks = set(rows.loc[rows["mode"] == "batch", "K"]) & set(rows.loc[rows["mode"] == "minibatch", "K"])
         for k in sorted(ks):
@@ -155,36 +122,39 @@ def claim3(s):
             if a is None or b is None:
                 continue
             w, how = worse(a, b)
-            ok &= w
+            conds.append(w)
             done.add(family)
             lines.append(f"{family} K={k}: batch {a} vs mini-batch {b}: {how} → "
-                         f"{'batch worse' if w else 'batch not clearly worse'}")
-    if not ok:
-        return FAILS, lines
+                         + word(w, "batch worse", "batch not clearly worse"))
     if done != {"BPTT", "BTPROP"}:
         missing = " and ".join(sorted({"BPTT", "BTPROP"} - done))
-        return UNSURE, lines + [f"no K with both modes for {missing}"]
-    return HOLDS, lines
+        lines.append(f"no K with both modes for {missing}")
+        conds.append(None)
+    return combine(conds), lines
 
 
 def claim4(s):
     bptt, bt = _split(s[s["mode"] == "minibatch"])
-    ok, lines = True, []
+    conds, lines = [], []
     for k in sorted(set(bptt["K"]) & set(bt["K"])):
         a, b = best(bt[bt["K"] == k]), best(bptt[bptt["K"] == k])
         if a is None or b is None:
             continue
-        gain = -rel(a, b)
-        ok &= gain < SMALL_GAIN
-        lines.append(f"K={k}: {a} vs {b}: gain {gain:+.1%}")
+        tol = SMALL_GAIN * b.mean
+        small, how = exceeds(a, b, -tol)  # a above b − 5%: the gain is below 5%
+        large, _ = exceeds(b, a, tol)     # b above a + 5%: the gain is above 5%
+        c = True if small else False if large else None
+        conds.append(c)
+        lines.append(f"K={k}: {a} vs {b}: gain {-rel(a, b):+.1%}; {how} → "
+                     + word(c, f"gain below {SMALL_GAIN:.0%}", f"gain above {SMALL_GAIN:.0%}"))
     if not lines:
         return UNSURE, ["no mini-batch K with both BPTT and BTPROP runs"]
-    return (HOLDS if ok else FAILS), lines
+    return combine(conds), lines
 
 
 def claim5(s):
     bptt, bt = _split(s)
-    ok, lines = True, []
+    conds, lines = [], []
     for k in sorted(set(bptt["K"]) & set(bt["K"])):
         at_k = bt[bt["K"] == k]
         ref = best(bptt[bptt["K"] == k])
@@ -192,13 +162,13 @@ def claim5(s):
         if ref is None or h0 is None or hn is None:
             continue
         more, how = worse(h0, hn)  # n_h=0 worse than n_h>0: h-steps add a gain
-        ok &= not more
+        conds.append(negate(more))
         lines.append(f"K={k}: {ref}; penalty only {h0} (gain {ref.mean - h0.mean:+.3g}); "
                      f"{hn} (gain {ref.mean - hn.mean:+.3g}); extra gain of h-steps: {how} → "
-                     + ("larger than the margin" if more else "within the margin"))
+                     + word(more, "beyond the noise", "within the noise"))
     if not lines:
         return UNSURE, ["no K with BPTT, n_h=0 and n_h>0 runs"]
-    return (HOLDS if ok else FAILS), lines
+    return combine(conds), lines
 
 
 def claim6(s):
@@ -214,47 +184,52 @@ def claim6(s):
     w, how = worse(pairs[0][1], pairs[0][2])
     ratios = [r for *_, r in pairs]
     falling = all(y <= x for x, y in zip(ratios, ratios[1:])) and ratios[-1] < ratios[0]
-    lines.append(f"smallest hidden size: BPTT {'worse' if w else 'not worse'} ({how}); "
-                 f"ratio {'decreases' if falling else 'does not decrease'} monotonically")
-    return (HOLDS if w and falling else FAILS), lines
+    lines.append(f"smallest hidden size: BPTT {word(w, 'worse', 'not clearly worse')} ({how}); "
+                 f"ratio of means {'decreases' if falling else 'does not decrease'} monotonically")
+    return combine([w, falling]), lines
 
 
 def claim7(s):
-    verdicts, lines = [], []
+    conds, lines = [], []
     for metric in ("train", "test"):
         g = s.dropna(subset=[f"{metric}_mean"]).sort_values("batch_size")
         if len(g) < 2:
-            verdicts.append(UNSURE)
+            conds.append(None)
             lines.append(f"{metric}: fewer than two batch sizes")
             continue
         cells = [cell(r, metric, f"B={int(r['batch_size'])}") for _, r in g.iterrows()]
         means = pd.Series([c.mean for c in cells])
         rho = g["batch_size"].rank().reset_index(drop=True).corr(means.rank())
-        rising = means.is_monotonic_increasing
         w, how = worse(cells[-1], cells[0])
-        verdicts.append(HOLDS if rising and w else FAILS)
+        drops = []
+        for i, a in enumerate(cells):
+            for b in cells[i + 1:]:
+                falls, _ = worse(a, b)  # the larger batch size clearly better
+                conds.append(negate(falls))
+                if falls:
+                    drops.append(f"{b.label} better than {a.label}")
+        conds.append(w)
         lines.append(f"{metric}: " + ", ".join(map(str, cells)) + f"; Spearman ρ={rho:+.2f}; "
-                     f"{'non-decreasing' if rising else 'not monotone'}; largest vs smallest B: {how}")
-    if FAILS in verdicts:
-        return FAILS, lines
-    return (UNSURE if UNSURE in verdicts else HOLDS), lines
+                     f"largest vs smallest B: {how} → {word(w, 'worse', 'not clearly worse')}; "
+                     + ("; ".join(drops) if drops else "no larger B clearly better than a smaller one"))
+    return combine(conds), lines
 
 
 def claim8(s):
-    ok, lines = True, []
+    conds, lines = [], []
     for (mode, k), g in s.groupby(["mode", "K"]):
         c = {m: best(g[g["method"] == m]) for m in ("admm", "alm", "penalty")}
         if None in c.values():
             continue
         w1, how1 = worse(c["admm"], c["alm"])
         w2, how2 = worse(c["alm"], c["penalty"])
-        ok &= not (w1 or w2)
+        conds += [negate(w1), negate(w2)]
         lines.append(f"{mode} K={k}: {c['admm']}, {c['alm']}, {c['penalty']}; "
                      f"admm vs alm: {how1}{' (admm worse)' if w1 else ''}; "
                      f"alm vs penalty: {how2}{' (alm worse)' if w2 else ''}")
     if not lines:
         return UNSURE, ["no column with admm, alm and penalty runs"]
-    return (HOLDS if ok else FAILS), lines
+    return combine(conds), lines
 
 
 # (number, claim, table it reads, rule, check)
@@ -265,27 +240,30 @@ CLAIMS = [
      "Holds when it is at every such K.", claim1),
     (2, "More h-steps do not improve BTPROP.", "table1_main",
      "For each mode, K and BTPROP method with two or more h-step counts, no larger count is "
-     "better than a smaller one (by the margin). Holds when no such pair exists.", claim2),
+     "better than a smaller one (by more than 2·SE).", claim2),
     (3, "Batch BTPROP and batch BPTT are both clearly worse than their mini-batch counterparts.",
      "table1_main",
      "For each K run in both modes, batch is worse than mini-batch, for BPTT and for best "
-     "BTPROP. Holds when every comparison is, and there is one for each of BPTT and BTPROP.",
+     "BTPROP (by more than 2·SE). Needs a comparison for each of BPTT and BTPROP.",
      claim3),
     (4, "Mini-batch BTPROP gains little over BPTT.", "table1_main",
      f"Mini-batch mode; at every K, best BTPROP's perplexity is less than {SMALL_GAIN:.0%} "
-     "below BPTT's (or above it).", claim4),
+     f"below BPTT's (or above it): mean(BTPROP) − mean(BPTT) > −{SMALL_GAIN:.0%}·mean(BPTT) "
+     f"by more than 2·SE. It does not hold where the gain exceeds {SMALL_GAIN:.0%} by more "
+     "than 2·SE.", claim4),
     (5, "That small gain comes from the penalty's regularisation, not from longer dependencies.",
      "table2_regularization",
      "At every K, the gain over BPTT of best BTPROP with n_h>0 is no larger than the gain of "
-     "n_h=0 (penalty only) plus the margin, i.e. n_h=0 is not worse than best n_h>0.", claim5),
+     "n_h=0 (penalty only) plus the noise, i.e. n_h=0 is not worse than best n_h>0 (2·SE).", claim5),
     (6, "BPTT is worse than BTPROP at small hidden sizes and improves relatively as the hidden "
      "size grows.", "figure_hidden",
      "With ratio = BPTT / best BTPROP valid perplexity at each hidden size (two or more sizes): "
-     "BPTT is worse at the smallest size, and the ratio never rises and ends lower than it "
-     "started.", claim6),
+     "BPTT is worse at the smallest size (by more than 2·SE), and the ratio of the means never "
+     "rises and ends lower than it started (a trend of point estimates).", claim6),
     (7, "Larger BPTT mini-batches raise both train and test perplexity.", "table3_minibatch",
-     "Train and test perplexity each: non-decreasing in the batch size, and the largest batch "
-     "size worse than the smallest (Spearman ρ shown for reference).", claim7),
+     "Train and test perplexity each: the largest batch size worse than the smallest, and no "
+     "larger batch size better than a smaller one (both by 2·SE; Spearman ρ of the means shown "
+     "for reference).", claim7),
     (8, "ADMM ≥ ALM ≥ penalty.", "methods",
      "In each column (mode, K) with all three: admm not worse than alm, and alm not worse than "
      "penalty (best over h-step counts). Holds when so in every such column.", claim8),
@@ -330,10 +308,32 @@ def evaluate_claims(summaries):
     return pd.DataFrame(out, columns=["claim", "dataset", "verdict", "evidence"])
 
 
+def across(verdicts):
+    """'holds on both datasets' etc., from {dataset: verdict}, naming where it
+    does not hold and where it is inconclusive."""
+    if not verdicts or "all" in verdicts:
+        return "no runs"
+    n = len(verdicts)
+    by = {v: sorted(d for d, x in verdicts.items() if x == v) for v in (HOLDS, FAILS, UNSURE)}
+    k = len(by[HOLDS])
+    if n == 2:
+        text = "holds on " + ["neither dataset", "one dataset", "both datasets"][k]
+    else:
+        text = f"holds on {'all' if k == n else 'none' if k == 0 else k} of {n} datasets"
+    if 0 < k < n:
+        text += f" ({', '.join(by[HOLDS])})"
+    for v in (FAILS, UNSURE):
+        if by[v]:
+            text += f"; {v} on {', '.join(by[v])}"
+    return text
+
+
 def claims_markdown(results, sources, command):
-    """claims.md: the rules, a summary grid (claim x dataset), then the evidence.
-    sources: the tables whose CSVs were read."""
+    """claims.md: the rules, a summary grid (claim x dataset, and across the
+    datasets), then the evidence.  sources: the tables whose CSVs were read."""
     grid = results.pivot_table(index="claim", columns="dataset", values="verdict", aggfunc="first")
+    overall = {n: across(dict(zip(g["dataset"], g["verdict"]))) for n, g in results.groupby("claim")}
+    grid["across datasets"] = grid.index.map(overall)
     grid = grid.fillna("").rename(index={n: f"{n}. {text}" for n, text, *_ in CLAIMS})
     found = ", ".join(f"`{t}.csv`" for t in sources) or "none"
     parts = [
@@ -345,7 +345,8 @@ def claims_markdown(results, sources, command):
         "## Summary", "", grid.to_markdown(disable_numparse=True), "",
     ]
     for number, text, table, rule, _ in CLAIMS:
-        parts += [f"## Claim {number}: {text}", "", f"Table: `{table}`. Rule: {rule}", ""]
+        parts += [f"## Claim {number}: {text}", "", f"Table: `{table}`. Rule: {rule}", "",
+                  f"Across datasets: {overall.get(number, 'no runs')}.", ""]
         for _, r in results[results["claim"] == number].iterrows():
             parts.append(f"- **{r['dataset']}: {r['verdict']}**")
             parts += [f"  - {line}" for line in r["evidence"]]

@@ -40,6 +40,11 @@ def atomic_write(path, write):
         raise
 
 
+def write_text_atomic(path, text):
+    atomic_write(path, lambda f: f.write(text.encode()))
+    return Path(path)
+
+
 def finite(obj):
     """Non-finite floats become null, so that every JSON reader accepts the records."""
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -52,13 +57,12 @@ def finite(obj):
 
 
 def write_json(path, obj):
-    text = json.dumps(finite(obj), indent=2, allow_nan=False) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))
+    write_text_atomic(path, json.dumps(finite(obj), indent=2, allow_nan=False) + "\n")
 
 
 def write_metrics(run_dir, history):
     lines = "".join(json.dumps(finite(row), allow_nan=False) + "\n" for row in history)
-    atomic_write(Path(run_dir) / "metrics.jsonl", lambda f: f.write(lines.encode()))
+    write_text_atomic(Path(run_dir) / "metrics.jsonl", lines)
 
 
 def save_checkpoint(run_dir, ckpt):

@@ -1,0 +1,250 @@
+"""The report's figures (matplotlib, Agg): learning curves, BTPROP
+diagnostics, perplexity against hidden size and against mini-batch size.
+
+Each `*_figure` function returns a matplotlib Figure (or None when there is
+nothing to draw); `save` writes it atomically as a world-readable PNG.
+Curves are means over the seeds of a cell's completed runs, with a band of
+± one standard deviation where there are two or more seeds.
+"""
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import LogFormatter, MaxNLocator  # noqa: E402
+
+from tprop_exp.records import atomic_write  # noqa: E402
+from tprop_exp.runs import NUMERIC, load_history, unique  # noqa: E402
+
+# BTPROP's own per-epoch terms (metrics.jsonl), with axis labels; log scale for the norms.
+DIAGNOSTICS = [("penalty", "penalty term", True), ("residual", "residual ‖F_b − H_{b+1}‖", True),
+               ("dual_norm", "dual norm ‖u‖", True), ("h_steps", "h-steps taken per update", False),
+               ("lam", "λ", False)]
+MAX_COLS = 4
+
+
+def _log_y(ax):
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(LogFormatter())  # plain 400, not 4×10²
+    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+
+
+def save(fig, path):
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+    return path
+
+
+def note(runs):
+    return f"profile: {unique(runs, 'profile')} · device: {unique(runs, 'device')}"
+
+
+def _key(df, keys):
+    """A hashable cell key per row that matches between runs and summary
+    (numbers as floats, missing values as None)."""
+    def norm(k, v):
+        if pd.isna(v):
+            return None
+        return float(v) if k in NUMERIC else str(v)
+    return [tuple(norm(k, v) for k, v in zip(keys, row)) for row in df[keys].itertuples(index=False)]
+
+
+def _fmt(k, v):
+    if k in ("K", "hidden", "batch_size"):
+        return f"{ {'batch_size': 'B'}.get(k, k)}={int(v)}"
+    return str(v)
+
+
+def _panels_and_lines(summary, keys):
+    """Which keys split panels and which name a line, for a summary's layout."""
+    panels = [k for k in keys if k not in ("method", "h_steps", "batch_size") and not k.startswith("config.")]
+    if "label" in summary:
+        return panels, lambda r: r["label"]
+    rest = [k for k in keys if k not in panels]
+    return panels, lambda r: ", ".join(_fmt(k.removeprefix("config."), r[k]) for k in rest) or "all runs"
+
+
+def history_by_cell(runs, summary, keys):
+    """Per-epoch rows of the completed runs, each with its cell's panel and line
+    names (`_panel`, `_line`), in the summary's row order (`_order`)."""
+    ok = runs[runs["status"] == "completed"]
+    hist = load_history(ok["run_dir"])
+    if hist.empty or summary.empty:
+        return pd.DataFrame()
+    panels, line_name = _panels_and_lines(summary, keys)
+    cells = summary.assign(_k=_key(summary, keys), _order=range(len(summary)))
+    cells["_line"] = cells.apply(line_name, axis=1)
+    cells["_panel"] = cells.apply(lambda r: tuple(r[k] for k in panels), axis=1)
+    ok = ok.assign(_k=_key(ok, keys))[["run_dir", "_k"]]
+    return hist.merge(ok, on="run_dir").merge(cells[["_k", "_line", "_panel", "_order"]], on="_k")
+
+
+def _grid(panel_names):
+    """Axes for panels, one row per dataset (the first panel key), wrapped at MAX_COLS."""
+    by_dataset = {}
+    for p in panel_names:
+        by_dataset.setdefault(p[0] if p else "", []).append(p)
+    groups = list(by_dataset.values())
+    if all(len(ps) == 1 for ps in groups):  # one panel per dataset: side by side
+        groups = [[p for ps in groups for p in ps]]
+    ncols = min(MAX_COLS, max(len(ps) for ps in groups))
+    places, r = {}, 0
+    for ps in groups:
+        for i, p in enumerate(ps):
+            places[p] = (r + i // ncols, i % ncols)
+        r += math.ceil(len(ps) / ncols)
+    fig, axes = plt.subplots(r, ncols, figsize=(4.2 * ncols, 3.4 * r + 1.2), squeeze=False,
+                             layout="constrained")
+    for ax in axes.ravel():
+        ax.set_visible(False)
+    return fig, {p: axes[i][j] for p, (i, j) in places.items()}
+
+
+def _title(panel, keys):
+    return " · ".join(_fmt(k, v) for k, v in zip(keys, panel)) or "all runs"
+
+
+def _band(ax, g, column, log=False, **style):
+    """Mean over seeds against epoch, with a ± std band where n ≥ 2 (on a log
+    axis the band's lower side is dropped where it would reach zero)."""
+    x = g.groupby("epoch")[column].agg(["mean", "std", "count"]).dropna(subset=["mean"])
+    if x.empty:
+        return None
+    line, = ax.plot(x.index, x["mean"], markersize=4, **style)
+    spread = x[x["count"] >= 2]
+    if not spread.empty:
+        low = spread["mean"] - spread["std"]
+        if log:
+            low = low.where(low > 0, spread["mean"])
+        ax.fill_between(spread.index, low, spread["mean"] + spread["std"],
+                        color=line.get_color(), alpha=0.2, linewidth=0)
+    return line
+
+
+def _styles(lines):
+    """A colour and a marker per line, so that lines drawn on top of each other stay visible."""
+    cmap = plt.get_cmap("tab10" if len(lines) <= 10 else "tab20")
+    markers = "os^Dv<>p"
+    return {name: dict(color=cmap(i % cmap.N), marker=markers[i % len(markers)])
+            for i, name in enumerate(lines)}
+
+
+def _handles(styles):
+    return [Line2D([], [], label=name, markersize=4, **style) for name, style in styles.items()]
+
+
+def _finish(fig, title, runs, handles):
+    fig.suptitle(f"{title}\n{note(runs)}", fontsize=11)
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(4, len(handles)), fontsize=8,
+               frameon=False)
+    return fig
+
+
+def curves_figure(runs, summary, keys, title):
+    """Train (dashed) and valid (solid) perplexity against epoch, one line per
+    cell, one panel per dataset and mode/K/hidden as the layout has them."""
+    h = history_by_cell(runs, summary, keys)
+    if h.empty or not ({"train_ppl", "valid_ppl"} & set(h)):
+        return None
+    panel_keys, _ = _panels_and_lines(summary, keys)
+    h = h.sort_values(["_order", "epoch"])
+    styles = _styles(list(dict.fromkeys(h["_line"])))
+    fig, axes = _grid(list(dict.fromkeys(h["_panel"])))
+    for panel, ax in axes.items():
+        ax.set_visible(True)
+        top = h.loc[h["_panel"] == panel, [c for c in ("train_ppl", "valid_ppl") if c in h]]
+        log = bool(top.min().min() > 0 and top.max().max() / top.min().min() > 3)
+        for name, g in h[h["_panel"] == panel].groupby("_line", sort=False):
+            for col, ls in (("valid_ppl", "-"), ("train_ppl", "--")):
+                if col in g:
+                    _band(ax, g, col, log, linestyle=ls, **styles[name])
+        if log:
+            _log_y(ax)
+        ax.set(title=_title(panel, panel_keys), xlabel="epoch", ylabel="perplexity")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    handles = _handles(styles)
+    handles += [Line2D([], [], color="k", linestyle="-", label="valid"),
+                Line2D([], [], color="k", linestyle="--", label="train")]
+    return _finish(fig, title, runs, handles)
+
+
+def diagnostics_figure(runs, summary, keys, title):
+    """BTPROP's penalty, residual, dual norm, h-steps taken and λ against epoch:
+    one row per dataset, one column per quantity, one line per BTPROP cell."""
+    runs = runs[runs["method"] != "bptt"]
+    h = history_by_cell(runs, summary, keys)
+    if h.empty:
+        return None
+    present = [d for d in DIAGNOSTICS if d[0] in h and h[d[0]].notna().any()]
+    if not present:
+        return None
+    panel_keys, _ = _panels_and_lines(summary, keys)
+    # Lines name the whole cell, since the panels no longer split mode/K.
+    extra = panel_keys[1:]
+    h = h.assign(_line=[" · ".join([*(_fmt(k, v) for k, v in zip(extra, p[1:])), n])
+                        for p, n in zip(h["_panel"], h["_line"])], _dataset=[p[0] if p else "all runs" for p in h["_panel"]])
+    h = h.sort_values(["_order", "epoch"])
+    styles = _styles(list(dict.fromkeys(h["_line"])))
+    datasets = list(dict.fromkeys(h["_dataset"]))
+    fig, axes = plt.subplots(len(datasets), len(present), squeeze=False, layout="constrained",
+                             figsize=(3.6 * len(present), 3.2 * len(datasets) + 1.2))
+    for row, d in zip(axes, datasets):
+        for ax, (col, label, log) in zip(row, present):
+            g = h[h["_dataset"] == d]
+            log_here = bool(log and g[col].notna().any() and (g[col].dropna() > 0).all())
+            for name, line in g.groupby("_line", sort=False):
+                _band(ax, line, col, log_here, **styles[name])
+            if log_here:
+                ax.set_yscale("log")  # norms span decades: keep the 10^k labels
+            ax.set(title=f"{d}: {label}", xlabel="epoch", ylabel=label)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+    return _finish(fig, title, runs, _handles(styles))
+
+
+def hidden_figure(summary, runs, title):
+    """figure_hidden.png: valid ppl against hidden size, one panel per dataset."""
+    datasets = sorted(summary["dataset"].unique())
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4.4), squeeze=False,
+                             layout="constrained")
+    for ax, d in zip(axes[0], datasets):
+        g = summary[summary["dataset"] == d].dropna(subset=["valid_mean"])
+        for label, line in g.groupby("label", sort=False):
+            line = line.sort_values("hidden")
+            ax.errorbar(line["hidden"].astype(float), line["valid_mean"], yerr=line["valid_std"].fillna(0),
+                        marker="o", capsize=3, label=label)
+        sizes = sorted(g["hidden"].dropna().astype(int).unique())
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(s) for s in sizes])
+        ax.set(title=d, xlabel="hidden size", ylabel="validation perplexity")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{title}\n{note(runs)}", fontsize=11)
+    return fig
+
+
+def minibatch_figure(summary, runs, title):
+    """Table 3: train and test perplexity against mini-batch size (log x), one panel per dataset."""
+    datasets = sorted(summary["dataset"].unique())
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4.4), squeeze=False,
+                             layout="constrained")
+    for ax, d in zip(axes[0], datasets):
+        g = summary[summary["dataset"] == d].sort_values("batch_size")
+        for metric, marker in (("train", "s"), ("test", "o")):
+            ok = g.dropna(subset=[f"{metric}_mean"])
+            ax.errorbar(ok["batch_size"].astype(float), ok[f"{metric}_mean"],
+                        yerr=ok[f"{metric}_std"].fillna(0), marker=marker, capsize=3,
+                        label=f"{metric} perplexity")
+        sizes = sorted(g["batch_size"].dropna().astype(int).unique())
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(s) for s in sizes])
+        ax.set(title=d, xlabel="mini-batch size B (parallel streams)", ylabel="perplexity")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{title}\n{note(runs)}", fontsize=11)
+    return fig
