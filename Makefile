@@ -1,5 +1,5 @@
-# tprop_exp — every command sets up its own virtual environment on first use.
-# `make demo` trains on the offline sample corpus; `make test` runs the tests.
+# tprop_exp — `make` (or `make help`) lists the targets. The targets that run
+# something set up their own virtual environment on first use.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,15 +11,29 @@ BIN := $(VENV)/bin
 endif
 PY := $(BIN)/python
 TORCH ?= torch==2.13.0
-PROFILE ?= sample
-JOBS ?= 1
+# Settings for the paper's sweeps, upper or lower case (make table1 seeds=3):
+# PROFILE (sample | paper), JOBS (parallel runs), SEEDS (seeds per cell).
+override PROFILE := $(or $(PROFILE),$(profile),sample)
+override JOBS := $(or $(JOBS),$(jobs),1)
+override SEEDS := $(or $(SEEDS),$(seeds))
 STAMP := $(BIN)/.tprop_exp-installed
 RUN := $(PY) -m tprop_exp
 REPORT := $(PY) -m tprop_exp.report
 
-.PHONY: setup demo test test-all bench table1 table2 table3 figure methods all-tables clean
+.PHONY: help setup demo test test-all bench table1 table2 table3 figure methods all-tables clean
+.DEFAULT_GOAL := help
 
-setup: $(STAMP)
+help:  ## list the targets and settings (installs nothing)
+	@echo "usage: make TARGET [PROFILE=sample|paper] [JOBS=N] [SEEDS=N]"
+	@echo
+	@awk -F ':.*## ' '/^[a-z][a-z0-9 -]*:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo
+	@echo "  PROFILE=paper   the real data, sized for a GPU (default: sample, the offline corpus)"
+	@echo "  JOBS=N          N runs of a sweep in parallel (Hydra's joblib launcher)"
+	@echo "  SEEDS=N         every cell of a table with N seeds (mean ± std)"
+	@echo "  Without an active virtual environment, targets that run install into $(VENV)/."
+
+setup: $(STAMP)  ## install the package and its dev tools (into .venv unless one is active)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,34 +41,41 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $@
 
-demo: $(STAMP)
+# The demo's report goes beside its runs, not over the committed results/demo.
+demo: $(STAMP)  ## BPTT and BTPROP side by side on the sample corpus; report in sweeps/demo/report
 	$(RUN) -m experiment=demo
-	$(REPORT) sweeps/demo/sample --table demo --out results/demo
+	$(REPORT) sweeps/demo/sample --table demo --out sweeps/demo/report
 
-test: $(STAMP)
+test: $(STAMP)  ## the fast test suite
 	$(PY) -m pytest -q
 
-test-all: $(STAMP)
+test-all: $(STAMP)  ## the tests, also the slow ones
 	$(PY) -m pytest -q -m "slow or not slow"
 
-bench: $(STAMP)
+bench: $(STAMP)  ## training throughput of BPTT and BTPROP
 	$(PY) scripts/bench.py
 
 # The paper's tables: a sweep, then its report. PROFILE=paper for the real data on a GPU.
 OUT = results$(if $(filter-out sample,$(PROFILE)),/$(PROFILE))
 LAUNCHER = $(if $(filter-out 1,$(JOBS)),hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS))
+SEEDS_ARG = $(if $(SEEDS),seeds=$(SEEDS))
 table1: EXP = table1_main
 table2: EXP = table2_regularization
 table3: EXP = table3_minibatch
 figure: EXP = figure_hidden
 methods: EXP = methods
 
+table1: ## Table 1: BTPROP (ADMM) against BPTT, several K and h-steps
+table2: ## Table 2: the penalty as a regulariser (mini-batch)
+table3: ## Table 3: BPTT across mini-batch sizes
+figure: ## the figure: perplexity against hidden size
+methods: ## BPTT, ADMM, ALM and the penalty method side by side
 table1 table2 table3 figure methods: $(STAMP)
-	$(RUN) -m experiment=$(EXP) profile=$(PROFILE) $(LAUNCHER)
+	$(RUN) -m experiment=$(EXP) profile=$(PROFILE) $(SEEDS_ARG) $(LAUNCHER)
 	$(REPORT) sweeps/$(EXP)/$(PROFILE) --out $(OUT)
 
-all-tables: table1 table2 table3 figure methods
+all-tables: table1 table2 table3 figure methods  ## every table and the figure, then the claims
 	$(REPORT) $(foreach e,table1_main table2_regularization table3_minibatch figure_hidden methods,sweeps/$(e)/$(PROFILE)) --out $(OUT)
 
-clean:
+clean:  ## delete runs/, sweeps/ (the demo's report too), outputs/, multirun/
 	rm -rf runs sweeps outputs multirun

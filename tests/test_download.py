@@ -149,3 +149,27 @@ def test_parallel_fetches_download_once(server, tmp_path):
 def test_no_mirror_configured(tmp_path):
     with pytest.raises(UserError, match="put it at"):
         fetch([], tmp_path / "x.zip")
+
+
+def test_no_lock_possible_goes_on_unlocked(server, tmp_path):
+    # A folder where no lock file can be made (here: a directory in its place,
+    # as a read-only folder would refuse it) must not stop or stall the download.
+    _, base = server
+    dest = tmp_path / "data.zip"
+    dest.with_suffix(".zip.lock").mkdir()
+    assert fetch([base + "/file"], dest, md5=MD5) == dest and dest.read_bytes() == PAYLOAD
+
+
+def test_lock_is_exclusive_across_processes(tmp_path):
+    # The lock must hold against another process (a parallel run of a sweep), not only threads.
+    import subprocess
+    import sys
+    from tprop_exp.download import file_lock
+    path = tmp_path / "x.lock"
+    probe = ("import sys, filelock; l = filelock.FileLock(sys.argv[1]);\n"
+             "try:\n l.acquire(timeout=0.2); print('free')\n"
+             "except filelock.Timeout:\n print('held')")
+    with file_lock(path):
+        held = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True)
+    free = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True)
+    assert (held.stdout.strip(), free.stdout.strip()) == ("held", "free"), held.stderr + free.stderr

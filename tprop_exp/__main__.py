@@ -17,7 +17,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from . import UserError, records, train
+from . import UserError
+
+# train and records (hence torch) are imported inside main(): `--help` and
+# shell completion then answer without loading torch.
 
 CONF = str(Path(__file__).resolve().parent / "conf")
 # A run's folder is named by its overrides; the run with none is "defaults",
@@ -29,6 +32,8 @@ OmegaConf.register_new_resolver("seed_list", lambda n, base=1111: ",".join(str(b
 
 @hydra.main(config_path=CONF, config_name="config", version_base="1.3")
 def main(cfg: DictConfig):
+    from . import records, train
+
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     try:

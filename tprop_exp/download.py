@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from filelock import FileLock
 from tqdm import tqdm
 
 from tprop_exp import UserError, __version__
@@ -26,22 +27,25 @@ CHUNK = 1 << 20
 
 @contextlib.contextmanager
 def file_lock(path: Path):
-    """Hold an exclusive lock on `path` (POSIX flock) for the `with` block.
+    """Hold filelock's exclusive lock on `path` for the `with` block.
 
     Parallel runs of a sweep then download (or tokenise) a dataset once while
     the others wait, instead of all writing the same partial file.  Where no
-    lock can be had (read-only folder, no fcntl) it simply goes on unlocked.
+    lock file can be made (a read-only folder) it goes on unlocked: checked
+    first, since a lock that cannot be created would otherwise be waited on.
     """
     try:
-        import fcntl
         path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(path, "a")
-    except (ImportError, OSError):
+        path.touch()
+        lock = FileLock(path)
+        lock.acquire()
+    except OSError:
         yield
         return
-    with f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    try:
         yield
+    finally:
+        lock.release()
 
 
 def _digest_problem(path: Path, md5=None, sha1=None, sha256=None, size=None) -> str | None:

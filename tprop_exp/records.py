@@ -14,10 +14,11 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+import hydra
 import torch
 from omegaconf import OmegaConf
 
-from . import UserError
+from . import UserError, __version__
 
 # What result.json reports of a run's training (SPEC §3), beside config and provenance.
 RESULT_FIELDS = ("best_valid_ppl", "test_ppl", "train_ppl", "epochs", "wall_s", "train_tokens_per_s")
@@ -119,16 +120,25 @@ def resolved_config(cfg):
 
 
 def git_commit():
-    """The commit of the code that runs, '+dirty' when it has local changes."""
+    """The commit of the code that runs, '+dirty' when it has local changes.
+
+    Only a git checkout of this project has one: an installed package (even one
+    that lies inside some other repository) gives its version instead.
+    """
     root = Path(__file__).resolve().parent.parent
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
-                                capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=root, capture_output=True, text=True).stdout.strip()
-        return commit + ("+dirty" if dirty else "")
+        ours = (Path(git("rev-parse", "--show-toplevel")).resolve() == root
+                and git("ls-files", "tprop_exp/__init__.py"))
+        if ours:
+            dirty = git("status", "--porcelain", "--untracked-files=no")
+            return git("rev-parse", "--short=12", "HEAD") + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        pass
+    return f"unknown (installed package {__version__})"
 
 
 def device_name(device):
@@ -138,9 +148,15 @@ def device_name(device):
 
 
 def provenance(device, overrides):
+    """Where a run's numbers come from: code, software versions, machine, command."""
     return {
         "commit": git_commit(),
+        "tprop_exp": __version__,
+        "python": platform.python_version(),
         "torch": torch.__version__,
+        "cuda": torch.version.cuda,  # None for a CPU-only torch
+        "cudnn": torch.backends.cudnn.version(),  # None without cuDNN
+        "hydra": hydra.__version__,
         "device": device_name(device),
         "command": " ".join(["python -m tprop_exp", *overrides]),  # this run alone, also in a sweep
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
