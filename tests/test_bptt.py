@@ -214,3 +214,25 @@ def test_resume_from_a_position_ends_exactly_as_uninterrupted(cell):
                              pos=saved["pos"])
     assert torch.equal(params(c), params(a))
     assert out_c == out_a
+
+
+def test_bf16_autocast_keeps_fp32_weights_and_a_close_gradient():
+    """train.precision=bf16: the forward runs in bf16, the weights, their
+    gradients and the carried state stay fp32, and the full-batch gradient is
+    the fp32 one to bf16's precision."""
+    from tprop_exp.models import PRECISIONS
+
+    s, K = stream(43), 4
+    out = {}
+    for precision in ("fp32", "bf16"):
+        model = tiny_model("lstm").float()
+        model.amp_dtype = PRECISIONS[precision]
+        g, stats = sgd_step_gradient(model, s, K=K, mode="batch")
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        assert all(p.grad.dtype == torch.float32 for p in model.parameters())
+        out[precision] = g, stats["running_nll"]
+    (g32, nll32), (g16, nll16) = out["fp32"], out["bf16"]
+    assert g16.dtype == torch.float32
+    assert (g16 - g32).norm() < 0.05 * g32.norm()
+    assert not torch.equal(g16, g32)  # bf16 did run
+    assert nll16 == pytest.approx(nll32, rel=5e-3)

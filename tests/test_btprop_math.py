@@ -197,3 +197,124 @@ def test_forward_init_one_call_equals_block_by_block(cell):
         state = model.final_state(x[:, b:b + 1], state)
         slow.append(model.flat_state(state)[0])
     torch.testing.assert_close(fast, torch.stack(slow), rtol=0, atol=1e-14)
+
+
+def hand_minibatch_trajectory(model, s, K, B, lr):
+    """Truncated BPTT(K) over ONE stream, one SGD update per B·K consecutive
+    tokens: the loss is the mean NLL of those tokens, the state is detached
+    every K tokens and carried (computed with θ before the update) into the
+    next update. Returns the per-block losses, θ before each update."""
+    nb = (len(s) - 1) // K
+    state, ces = model.zero_state(1), []
+    for start in range(0, nb, B):
+        n = min(B, nb - start)
+        model.zero_grad()
+        loss = 0.0
+        for b in range(start, start + n):
+            logits, state = model(s[b * K:(b + 1) * K].view(-1, 1), state)
+            ce = F.cross_entropy(logits[:, 0], s[b * K + 1:(b + 1) * K + 1])
+            loss, state = loss + ce / n, detach(state)
+            ces.append(ce.item())
+        loss.backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= lr * p.grad
+    return ces
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("layers", [1, 2])
+def test_t1_minibatch_of_many_blocks_is_truncated_bptt_of_one_stream(cell, layers):
+    """T1 with B > 1 blocks per mini-batch (n_h = 0, n_θ = 1, forward init, SGD).
+
+    It is NOT BPTT with B parallel streams: mini-batch BTPROP's B blocks are
+    consecutive in one stream, while BPTT's B streams are B distant stretches
+    of it (data.batchify), so the two see different tokens in each update.
+    What holds exactly: with forward initialisation every penalty term is
+    zero and H_b is the state the recurrence reaches, so the θ-gradient of
+    L = (1/B) Σ_b CE_b is the truncated-BPTT(K) gradient of the mean NLL of
+    those B·K consecutive tokens, started from the last state of the previous
+    mini-batch. The whole epoch therefore follows the hand loop above.
+    """
+    s, K, Bm, lr = stream(53), 3, 4, 0.5  # 17 blocks: mini-batches of 4, 4, 4, 4, 1
+    a, ref, c = tiny_model(cell, layers), tiny_model(cell, layers), tiny_model(cell, layers)
+    cfg = run_cfg(batch_size=Bm, mode="minibatch", block_size=K, h_steps=0, theta_steps=1,
+                  init="forward", chunk_blocks=3)
+    stats = btprop.train_epoch(a, sgd(a, lr), s, cfg, {})
+    ces = hand_minibatch_trajectory(ref, s, K, Bm, lr)
+    torch.testing.assert_close(params(a), params(ref), rtol=0, atol=1e-12)
+    assert stats["ce"] == pytest.approx(sum(ces) / len(ces), abs=1e-12)  # θ before each update
+    assert stats["penalty"] < 1e-24
+    # BPTT over B parallel streams of the same tokens goes elsewhere
+    bptt.train_epoch(c, sgd(c, lr), s, run_cfg(batch_size=Bm, name="bptt", mode="minibatch",
+                                               block_size=K), {})
+    assert (params(c) - params(ref)).abs().max() > 1e-4
+
+
+def flat(grads_, model):
+    return torch.cat([torch.zeros_like(p).flatten() if g is None else g.flatten()
+                      for g, p in zip(grads_, model.parameters())])
+
+
+def t3_limit(model, x, y):
+    """The η → 0 limit of the θ-gradient of L = J/n after one SGD h-step of size
+    η with λ = 1/η (forward init, H_1 fixed), from autograd on the blocks.
+
+    At forward initialisation every residual is zero, so the h-step moves
+    H_b by −η g_b with g_b = ∂CE_b/∂H_b (g_1 = 0: H_1 is fixed). Then
+    F_b(H_b − η g_b) − (H_{b+1} − η g_{b+1}) = η (g_{b+1} − J_b g_b) + O(η²), and
+    λ times it is g_{b+1} − J_b g_b + O(η). Hence
+
+        ∇_θ L → g_trunc + (1/n) Σ_{b<n} (∂F_b/∂θ)ᵀ (g_{b+1} − J_b g_b),
+
+    g_trunc the truncated-BPTT(K) gradient of the mean NLL. SPEC's formula
+    without the 1/n is the same thing with g_b the gradient of block b's term
+    of L, CE_b / n. J_b g_b is a Jacobian-vector product (J_b = ∂F_b/∂H_b,
+    built whole here: the state is tiny); (∂F_b/∂θ)ᵀ v is a vector-Jacobian
+    product. With n = 2 this is full BPTT (T2).
+    """
+    ps, n = list(model.parameters()), x.shape[1]
+    H = btprop.forward_init(model, x, model.flat_state(model.zero_state(1)))
+
+    def F_b(b, h):
+        return model.flat_state(model.final_state(x[:, b:b + 1], model.unflat_state(h.view(1, -1))))[0]
+
+    g, g_trunc = [], 0
+    for b in range(n):
+        Hb = H[b].clone().requires_grad_(True)
+        logits, _ = model(x[:, b:b + 1], model.unflat_state(Hb.view(1, -1)))
+        gH, *gt = torch.autograd.grad(F.cross_entropy(logits[:, 0], y[:, b]), [Hb, *ps])
+        g.append(gH if b > 0 else torch.zeros_like(gH))
+        g_trunc = g_trunc + flat(gt, model) / n
+    corr = 0
+    for b in range(n - 1):
+        Jb = torch.autograd.functional.jacobian(lambda h: F_b(b, h), H[b])
+        v = g[b + 1] - Jb @ g[b]
+        corr = corr + flat(torch.autograd.grad(F_b(b, H[b]), ps, grad_outputs=v, allow_unused=True), model)
+    return g_trunc + corr / n
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_t3_one_h_step_tends_to_one_block_of_look_ahead(cell):
+    """Four blocks, λ = 1/η, one SGD h-step of size η: the θ-gradient tends to
+    t3_limit with error O(η), and that limit is neither truncated nor full BPTT."""
+    model, K, n = tiny_model(cell), 3, 4
+    s = stream(n * K + 1)
+    x, y = btprop.blocks(s, K)
+    limit = t3_limit(model, x, y)
+    errors = []
+    for eta in (1e-2, 1e-3, 1e-4):
+        h0 = model.flat_state(model.zero_state(1))
+        H = btprop.init_states(model, x, h0, "forward")
+        u = torch.zeros(n - 1, model.state_size, dtype=torch.float64)
+        btprop.h_steps(model, Blocks(x, y, H, u, 1 / eta, 2), method(h_steps=1, h_optimizer="sgd", h_lr=eta))
+        model.zero_grad()
+        btprop.objective(model, Blocks(x, y, H.detach(), u, 1 / eta, 2), backward=lambda J: (J / n).backward())
+        errors.append((grads(model) - limit).norm().item())
+    assert 5 < errors[0] / errors[1] < 20 and 5 < errors[1] / errors[2] < 20
+    trunc, full = truncated_bptt_grad(model, s, K), full_bptt_grad(model, s, n * K)
+    assert (limit - trunc).norm().item() > 100 * errors[-1]
+    assert (limit - full).norm().item() > 100 * errors[-1]
+    # with two blocks the same reference is full BPTT (T2)
+    x2, y2 = btprop.blocks(s[:2 * K + 1], K)
+    torch.testing.assert_close(t3_limit(model, x2, y2), full_bptt_grad(model, s, 2 * K), rtol=0, atol=1e-14)

@@ -97,3 +97,77 @@ def test_perplexity_overflow_is_inf():
     assert evaluation.perplexity(math.log(7.0)) == pytest.approx(7.0, rel=1e-15)
     assert evaluation.perplexity(1e4) == math.inf
     assert evaluation.perplexity(math.inf) == math.inf
+
+
+# ------------------------------------------------------- train_ppl, precision
+
+def tiny_trainer(tmp_path, name, eval_tokens):
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from tprop_exp import train
+    from helpers import method, sgd
+
+    m = method(name=name, mode="minibatch", block_size=3, h_steps=1, h_lr=0.1)
+    cfg = OmegaConf.create({"method": dict(m), "train": {
+        "batch_size": 4, "clip": 0.0, "max_epochs": 1, "patience": 5, "eval_batch_size": 3,
+        "train_eval_tokens": eval_tokens, "ckpt_interval_s": 600}})
+    model = tiny_model("gru")
+    theta = sgd(model, 0.5)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(theta.opt, factor=0.5, patience=0)
+    corpus = SimpleNamespace(train=stream(120), valid=stream(40, seed=2), test=stream(40, seed=3),
+                             vocab=[str(i) for i in range(V)])
+    return train.Trainer(cfg, model, theta, sched, corpus, tmp_path, config={}), corpus
+
+
+@pytest.mark.parametrize("name", ["bptt", "penalty"])
+def test_train_ppl_row_is_the_frozen_model_on_the_training_prefix(tmp_path, name):
+    """The epoch row's train_ppl is exp(mean NLL) of θ as the epoch left it, over
+    the first train.train_eval_tokens training tokens in E streams, state carried:
+    not the method's running objective, not the whole split."""
+    t, corpus = tiny_trainer(tmp_path, name, eval_tokens=61)
+    assert t.fit() == ("completed", None)
+    row = t.history[0]
+    ref_nll, ref_ppl = hand_ppl(t.model, corpus.train[:61], 3)
+    assert row["train_ppl"] == pytest.approx(ref_ppl, rel=1e-10)
+    assert t.train_ppl() == pytest.approx(ref_ppl, rel=1e-10)
+    running = row["running_nll"] if name == "bptt" else row["ce"]
+    assert abs(math.log(row["train_ppl"]) - running) > 1e-3  # θ moved while the objective ran
+    assert abs(ref_nll - hand_ppl(t.model, corpus.train, 3)[0]) > 1e-5  # the prefix matters
+
+
+def test_train_ppl_over_the_whole_split_when_null(tmp_path):
+    t, corpus = tiny_trainer(tmp_path, "bptt", eval_tokens=None)
+    assert t.train_ppl() == pytest.approx(hand_ppl(t.model, corpus.train, 3)[1], rel=1e-10)
+
+
+def test_bf16_forward_keeps_fp32_state_and_float64_nll_sum():
+    """train.precision=bf16 on a CPU: logits in bf16 under autocast, the state and
+    the weights in fp32, and evaluation's NLL summed in float64 (a bf16 or fp16
+    running sum of 6000 values near 2, added 14 at a time, would stall far below the truth)."""
+    from tprop_exp.btprop import init_states
+    from tprop_exp.models import PRECISIONS
+
+    model = tiny_model("lstm", layers=2).float()
+    model.amp_dtype = PRECISIONS["bf16"]
+    assert model.amp_dtype is torch.bfloat16
+    logits, state = model(stream(12).view(6, 2), model.zero_state(2))
+    assert logits.dtype == torch.bfloat16
+    assert all(s.dtype == torch.float32 for s in state)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    x = stream(13)[:12].view(4, 3)
+    H = init_states(model, x, model.flat_state(model.zero_state(1)), "forward")
+    assert H.dtype == torch.float32  # BTPROP's free variables too
+
+    tokens = stream(6001)
+    nll_bf16, _ = evaluation.evaluate(model, tokens, n_streams=2, window=7)  # 429 additions
+    model.amp_dtype = None
+    nll_fp32, _ = evaluation.evaluate(model, tokens, n_streams=2, window=7)
+    with torch.no_grad():  # the reference: fp32 forward over each whole stream, float64 sum
+        cols = batchify(tokens, 2)
+        logits, _ = model(cols[:-1], model.zero_state(2))
+        ref = -torch.log_softmax(logits.double(), -1).gather(2, cols[1:, :, None]).mean().item()
+    assert abs(nll_fp32 - ref) < 1e-6 * ref
+    assert abs(nll_bf16 - ref) < 2e-3 * ref
+    assert all(p.dtype == torch.float32 for p in model.parameters())
