@@ -62,7 +62,7 @@ def describe(e):
     for c in chain:
         key = getattr(c, "full_key", None)
         msg = str(getattr(c, "msg", "") or c).splitlines()[0] if str(c) else ""
-        if isinstance(c, oe.ConfigKeyError) and key:
+        if isinstance(c, (oe.ConfigKeyError, oe.ConfigAttributeError)) and key:
             return f"unknown key {key} (see tprop_exp/schema.py for the keys)"
         if isinstance(c, oe.ValidationError) and key:
             m = re.search(r"Value '(.*?)' (?:of type '\w+' )?could not be converted to (\w+)", msg)
