@@ -99,3 +99,13 @@ def test_plain_runs_have_no_profile():
         cfg = compose("config", overrides=["experiment=methods", "profile=paper"], return_hydra_config=True)
         assert cfg.hydra.sweep.dir == "sweeps/methods/paper"
         assert cfg.arch.cell == "lstm" and cfg.dataset.vocab_size is None
+
+
+def test_schema_choices_match_the_training_code():
+    from tprop_exp import btprop, models, schema, train
+
+    assert set(schema.CELLS) == set(models.CELLS)
+    assert set(schema.OPTIMIZERS) == set(train.OPTIMIZERS)
+    assert set(schema.H_OPTIMIZERS) == set(btprop.H_OPTIMIZERS)
+    assert set(schema.INITS) == set(btprop.INITS)
+    assert set(schema.METHODS) == set(train.METHODS)
