@@ -1,4 +1,6 @@
-"""Every experiment config composes, resolves and passes the run's checks, for both profiles."""
+"""Every experiment config composes, resolves and passes the run's checks, for
+both profiles and at every point of its sweep; rows and profiles are groups."""
+import itertools
 from pathlib import Path
 
 import pytest
@@ -8,7 +10,7 @@ from omegaconf import OmegaConf
 
 import tprop_exp.__main__  # noqa: F401  (registers the config resolvers)
 from tprop_exp.__main__ import CONF
-from tprop_exp.train import check_config
+from tprop_exp.schema import validate
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF) / "experiment").glob("*.yaml"))
 PAPER = ["table1_main", "table2_regularization", "table3_minibatch", "figure_hidden", "methods"]
@@ -35,12 +37,11 @@ def test_experiment_composes(name, profile):
         sweep = sweep_of(cfg)
         assert cfg.name == name
         # Every point of the sweep composes into a valid run config.
-        first = [f"{k}={v[0]}" for k, v in sweep.items()]
-        last = [f"{k}={v[-1]}" for k, v in sweep.items()]
-        for point in (first, last):
+        for point in itertools.product(*([f"{k}={v}" for v in vs] for k, vs in sweep.items())):
             run = compose("config", overrides=[f"experiment={name}", f"profile={profile}", *point])
-            check_config(run)
+            validate(run)
             OmegaConf.to_container(run, resolve=True)  # no dangling interpolation
+            assert run.profile.name == profile
     if name in PAPER:
         datasets = set(sweep["dataset"])
         expect = {"sample_chars", "sample_words"} if profile == "sample" else {"text8", "wiki_large"}
@@ -64,8 +65,48 @@ def test_seeds_key_expands_to_seed_list():
     assert sweep_of(cfg)["train.seed"] == ["1111", "1112", "1113"]
 
 
+ROWS = [("bptt", "bptt", 0), ("h0", "admm", 0), ("h1", "admm", 1), ("h5", "admm", 5),
+        ("admm", "admm", 5), ("alm", "alm", 5), ("penalty", "penalty", 5)]
+
+
 def test_rows_select_the_method():
+    assert sorted(p.stem for p in (Path(CONF) / "row").glob("*.yaml")) == sorted(r for r, _, _ in ROWS)
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        for row, name, h in [("bptt", "bptt", 0), ("h0", "admm", 0), ("h5", "admm", 5), ("alm", "alm", 5)]:
+        for row, name, h in ROWS:
             cfg = compose("config", overrides=["experiment=table1_main", f"row={row}"])
             assert (cfg.method.name, cfg.method.h_steps) == (name, h)
+        # a row on its own, without an experiment, also selects its method
+        assert compose("config", overrides=["row=alm"]).method.name == "alm"
+
+
+@pytest.mark.parametrize("experiment", ["methods", "table1_main", None])
+def test_explicit_method_wins_over_the_row(experiment):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        extra = [f"experiment={experiment}"] if experiment else []
+        for row in ("bptt", "h1", "admm", "alm"):
+            cfg = compose("config", overrides=[*extra, f"row={row}", "method=penalty"])
+            assert cfg.method.name == "penalty", row
+        if experiment:
+            assert compose("config", overrides=[*extra, "method=penalty"]).method.name == "penalty"
+
+
+def test_plain_runs_have_no_profile():
+    """A plain run uses no profile's settings, so it is not filed under one."""
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("config", overrides=["dataset=text8"], return_hydra_config=True)
+        assert cfg.profile is None
+        assert cfg.hydra.sweep.dir == "sweeps/default"
+        cfg = compose("config", overrides=["experiment=methods", "profile=paper"], return_hydra_config=True)
+        assert cfg.hydra.sweep.dir == "sweeps/methods/paper"
+        assert cfg.arch.cell == "lstm" and cfg.dataset.vocab_size is None
+
+
+def test_schema_choices_match_the_training_code():
+    from tprop_exp import btprop, models, optim, schema, train
+
+    assert set(schema.CELLS) == set(models.CELLS)
+    assert set(schema.OPTIMIZERS) == set(optim.OPTIMIZERS)
+    assert set(schema.PRECISIONS) == set(models.PRECISIONS)
+    assert set(schema.H_OPTIMIZERS) == set(btprop.H_OPTIMIZERS)
+    assert set(schema.INITS) == set(btprop.INITS)
+    assert set(schema.METHODS) == set(train.METHODS)

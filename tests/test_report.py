@@ -21,7 +21,7 @@ from tprop_exp.claims import Cell, across, comparable, evaluate_claims, worse  #
 ROOT = Path(__file__).resolve().parent.parent
 
 BASE = {
-    "name": "table1_main", "profile": "sample",
+    "name": "table1_main", "profile": {"name": "sample"},
     "dataset": {"name": "sample_chars", "level": "char"},
     "arch": {"cell": "lstm", "hidden_size": 64, "num_layers": 1, "init_range": 0.1},
     "method": {"name": "bptt", "mode": "minibatch", "block_size": 10, "h_steps": 1,
@@ -215,7 +215,7 @@ def test_cli_all_sweeps_default_outdirs_and_demo(tmp_path):
     demo = tmp_path / "sweeps" / "demo" / "sample"
     make_run(demo, 50.0, test=51.0, train=40.0, name="demo", train__lr=0.5)
     make_run(demo, 60.0, test=61.0, train=45.0, name="demo", train__lr=2.0)
-    make_run(tmp_path / "sweeps" / "methods" / "paper", 70.0, name="methods", profile="paper",
+    make_run(tmp_path / "sweeps" / "methods" / "paper", 70.0, name="methods", profile__name="paper",
              method__name="alm")
     dirs = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "sweeps").glob("*/*"))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -1,9 +1,11 @@
 """Command line: python -m tprop_exp [experiment=NAME] [group=option] [key=value ...] [-m]
 
-Hydra composes conf/ into one config per run; `train.run` does the work.
-Bad input (an unknown option, a bad value, a missing data file) ends with one
-line on stderr and exit status 2. In a sweep (-m), a run that crashes is
-recorded as `failed` and the sweep goes on.
+Hydra composes conf/ (on the schema of schema.py) into one config per run;
+`train.run` does the work. Bad input (an unknown key or option, a value of the
+wrong type or out of range, a missing data file) ends with one line on stderr
+and exit status 2, before anything is written (checks.py). In a sweep (-m),
+a cell with bad input is recorded as `invalid`, a run that crashes as
+`failed`, and the sweep goes on.
 """
 import os
 import sys
@@ -14,20 +16,15 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from . import UserError
+from . import UserError, checks, schema
 
-# train and records (hence torch) are imported inside main(): `--help` and
-# shell completion then answer without loading torch.
+# train and records (hence torch) are imported where they are used: `--help`,
+# shell completion and refused input then answer without loading torch.
 
 CONF = str(Path(__file__).resolve().parent / "conf")
-# A run's folder is named by its overrides; the run with none is "defaults",
-# so that it is never the parent folder of another run.
-OmegaConf.register_new_resolver("run_id", lambda overrides: overrides or "defaults", replace=True)
-# seeds=N in a sweep: train.seed runs over N seeds from the base seed.
-OmegaConf.register_new_resolver("seed_list", lambda n, base=1111: ",".join(str(base + i) for i in range(int(n))), replace=True)
 
 
 @hydra.main(config_path=CONF, config_name="config", version_base="1.3")
@@ -36,38 +33,36 @@ def main(cfg: DictConfig):
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
     try:
+        schema.validate(cfg)  # checked before already; other launch paths land here too
         return train.run(cfg, run_dir, overrides=hc.overrides.task)
     except UserError as e:  # exit here, before Hydra adds lines of its own
+        if multirun:  # e.g. a data file missing for this cell only: the sweep goes on
+            print(f"{run_dir}: invalid: {e}", file=sys.stderr)
+            return record(cfg, run_dir, hc, "invalid", str(e), write=not (run_dir / "result.json").exists())
         print(f"tprop_exp: error: {e}", file=sys.stderr)
         sys.exit(2)
     except Exception as e:  # a crash: record it; a sweep goes on with the next run
-        try:
-            device = train.pick_device(cfg.train.device)
-        except UserError:
-            device = train.pick_device("cpu")
-        records.write_json(run_dir / "result.json", {
-            "status": "failed", "error": f"{type(e).__name__}: {e}".splitlines()[0],
-            **dict.fromkeys(records.RESULT_FIELDS),
-            "config": records.resolved_config(cfg), **records.provenance(device, hc.overrides.task),
-        })
-        if hc.mode == RunMode.MULTIRUN:
+        result = record(cfg, run_dir, hc, "failed", f"{type(e).__name__}: {e}".splitlines()[0])
+        if multirun:
             traceback.print_exc()
-            return None
+            return result
         raise
 
 
-def one_line(e):
-    """Hydra's multi-line messages folded into one line for the user."""
-    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
-    if not lines:
-        return type(e).__name__
-    msg = lines[0]
-    if "Available options" in str(e):
-        i = next(i for i, s in enumerate(lines) if s.startswith("Available options"))
-        opts = [s for s in lines[i + 1:] if " " not in s and "=" not in s]
-        msg += f" (available: {', '.join(opts)})"
-    return msg
+def record(cfg, run_dir, hc, status, error, write=True):
+    from . import records, train
+
+    try:
+        device = train.pick_device(cfg.train.device)
+    except UserError:
+        device = train.pick_device("cpu")
+    result = {"status": status, "error": error, **dict.fromkeys(records.RESULT_FIELDS),
+              "config": records.resolved_config(cfg), **records.provenance(device, hc.overrides.task)}
+    if write:
+        records.write_json(run_dir / "result.json", result)
+    return result
 
 
 def cli():
@@ -76,8 +71,7 @@ def cli():
     try:
         main()
     except (UserError, HydraException, OmegaConfBaseException) as e:
-        print(f"tprop_exp: error: {one_line(e)}", file=sys.stderr)
-        sys.exit(2)
+        checks.refuse(e)
 
 
 if __name__ == "__main__":

@@ -317,7 +317,7 @@ def _tokenise(texts: dict, cfg) -> Corpus:
 def _cache_key(cfg) -> str:
     """<name>-<vocab_size>-f<FORMAT>-<hash of the config (and of local files)>."""
     described = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items()
-                 if k != "urls"}  # another mirror gives the same bytes
+                 if k != "urls" and v is not None}  # another mirror gives the same bytes; null = absent
     if cfg.source == "local":  # edited files must not hit a stale cache
         described["files"] = {s: [str(p), p.stat().st_size, p.stat().st_mtime_ns]
                               for s, p in _local_paths(cfg).items()}

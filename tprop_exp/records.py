@@ -1,9 +1,10 @@
 """Run records (SPEC §3): metrics.jsonl, result.json, checkpoints, provenance.
 
 Everything is written atomically (a temporary file, then os.replace), so a
-killed run never leaves half a file behind. A run's identity is its folder,
-which Hydra derives from the overrides (conf/config.yaml): asking for the
-same run twice finds the same folder, which resumes or returns at once.
+killed run never leaves half a file behind. A run's folder is named by a hash
+of its identity (schema.identity: the resolved config less the keys that do
+not change what it computes), so asking for the same run twice finds the same
+folder, which resumes or returns at once.
 """
 import json
 import math
@@ -15,16 +16,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import OmegaConf
 
-from . import UserError, __version__
+from . import UserError, __version__, schema
 
 # What result.json reports of a run's training (SPEC §3), beside config and provenance.
 RESULT_FIELDS = ("best_valid_ppl", "test_ppl", "train_ppl", "epochs", "wall_s", "train_tokens_per_s")
-
-# Keys that do not change what a run computes, so may differ on a re-run.
-VOLATILE = ("train.device", "train.ckpt_interval_s", "data_dir", "seeds")
 
 
 def atomic_write(path, write):
@@ -67,10 +64,12 @@ def write_metrics(run_dir, history):
 
 
 def save_checkpoint(run_dir, ckpt):
+    import torch  # imported here: validation and --help answer without torch
     atomic_write(Path(run_dir) / "checkpoint.pt", lambda f: torch.save(ckpt, f))
 
 
 def load_checkpoint(run_dir, config):
+    import torch
     path = Path(run_dir) / "checkpoint.pt"
     if not path.exists():
         return None
@@ -82,22 +81,31 @@ def load_checkpoint(run_dir, config):
     return ckpt
 
 
-def identity(config):
-    """The config as a dict, less the keys that do not change the result."""
-    cfg = json.loads(json.dumps(config))
-    for key in VOLATILE:
-        *parents, leaf = key.split(".")
-        node = cfg
-        for k in parents:
-            node = node.get(k, {})
-        node.pop(leaf, None)
-    return cfg
-
-
 def check_same_config(old, new, path):
-    if identity(old) != identity(new):
-        raise UserError(f"{path} belongs to a run with a different config; "
+    diff = schema.differences(old, new)
+    if diff:
+        shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
+        raise UserError(f"{path} belongs to a run with a different config ({shown}); "
                         "choose another hydra.run.dir or delete that folder")
+
+
+def existing_config(run_dir):
+    """The config of the run recorded in run_dir (result.json, else checkpoint.pt), or None."""
+    import torch
+    run_dir = Path(run_dir)
+    try:
+        result = json.loads((run_dir / "result.json").read_text())
+        if isinstance(result.get("config"), dict):
+            return result["config"]
+    except (OSError, ValueError):
+        pass
+    if (run_dir / "checkpoint.pt").exists():
+        try:
+            return torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)["config"]
+        except Exception:
+            raise UserError(f"checkpoint {run_dir / 'checkpoint.pt'} is unreadable; "
+                            "delete it to start the run afresh")
+    return None
 
 
 def finished_result(run_dir, config):
@@ -142,6 +150,7 @@ def git_commit():
 
 
 def device_name(device):
+    import torch
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
@@ -149,6 +158,7 @@ def device_name(device):
 
 def provenance(device, overrides):
     """Where a run's numbers come from: code, software versions, machine, command."""
+    import torch
     return {
         "commit": git_commit(),
         "tprop_exp": __version__,

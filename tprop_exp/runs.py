@@ -12,7 +12,7 @@ from tprop_exp import UserError
 
 # Short names for the config keys that the layouts use.
 SHORT = {
-    "experiment": "config.name", "profile": "config.profile", "dataset": "config.dataset.name",
+    "experiment": "config.name", "profile": "config.profile.name", "dataset": "config.dataset.name",
     "method": "config.method.name", "mode": "config.method.mode", "K": "config.method.block_size",
     "h_steps": "config.method.h_steps", "hidden": "config.arch.hidden_size",
     "batch_size": "config.train.batch_size", "seed": "config.train.seed",
@@ -37,6 +37,9 @@ def load_runs(dirs):
                 print(f"report: skipping unreadable {f}: {e}", file=sys.stderr)
                 continue
             seen.add(f.parent.resolve())
+            if rec.get("status") == "invalid":  # bad input in a sweep: no run, nothing to tabulate
+                print(f"report: skipping {f.parent}: invalid: {rec.get('error')}", file=sys.stderr)
+                continue
             records.append({**rec, "run_dir": str(f.parent)})
         for f in sorted(d.rglob("config.yaml")):
             run = f.parent.parent
@@ -53,6 +56,8 @@ def load_runs(dirs):
             df[c] = df[c].map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v)
     for short, full in SHORT.items():
         df[short] = df[full] if full in df else None
+    if "config.profile" in df:  # records written before profile became a config group
+        df["profile"] = df["profile"].fillna(df["config.profile"])
     for c in NUMERIC:
         df[c] = pd.to_numeric(df[c], errors="coerce")
     df["experiment"] = df["experiment"].fillna("unnamed")
@@ -91,7 +96,8 @@ def unique(runs, col):
 
 def _ignored(col):
     last = col.split(".")[-1]
-    return (col == "config.name" or last in ("seed", "device", "ckpt_interval_s")
+    return (col == "config.name" or col.startswith("config.profile.")
+            or last in ("seed", "device", "ckpt_interval_s")
             or last.endswith(("dir", "path")))
 
 

@@ -1,0 +1,68 @@
+"""Hydra's basic sweeper, except that a cell with bad input does not stop the sweep.
+
+Before each batch goes to the launcher (any launcher: basic, joblib,
+submitit), every cell is composed and checked here. A cell that fails is
+recorded as `invalid` (result.json in its own folder, with the message) and
+left out; the others run. At the end one line counts the outcomes, and the
+command exits with status 1 when any run did not complete.
+"""
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from omegaconf import OmegaConf
+
+STATUSES = ("completed", "diverged", "failed", "invalid")
+
+
+@dataclass
+class TpropSweeperConf:
+    _target_: str = "hydra_plugins.tprop_sweeper.tprop_sweeper.TpropSweeper"
+    max_batch_size: Optional[int] = None
+    params: Dict[str, str] = field(default_factory=dict)
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="tprop", node=TpropSweeperConf,
+                             provider="tprop_exp")
+
+
+class TpropSweeper(BasicSweeper):
+    def sweep(self, arguments: List[str]) -> Any:
+        from tprop_exp import checks  # the project, imported only when a sweep runs
+
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        overrides = parser.parse_overrides([*self._parse_config(), *arguments])
+        self.overrides = self.split_arguments(overrides, self.max_batch_size)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+
+        counts = dict.fromkeys(STATUSES, 0)
+        returns, job_idx = [], 0
+        while not self.is_done():
+            batch = []
+            for cell in self.get_job_batch():
+                error = checks.check_cell(self.hydra_context.config_loader, self.config, cell)
+                if error is None:
+                    batch.append(cell)
+                else:
+                    checks.record_invalid(sweep_dir, cell, error)
+                    counts["invalid"] += 1
+            if batch:
+                results = self.launcher.launch(batch, initial_job_idx=job_idx)
+                job_idx += len(batch)
+                returns.append(results)
+                for r in results:
+                    try:
+                        status = (r.return_value or {}).get("status", "failed")
+                    except Exception:  # the job raised past the task function
+                        status = "failed"
+                    counts[status if status in counts else "failed"] += 1
+        print("sweep: " + " / ".join(f"{n} {s}" for s, n in counts.items()), flush=True)
+        if sum(counts.values()) != counts["completed"]:
+            sys.exit(1)
+        return returns

@@ -1,0 +1,134 @@
+"""Bad input stops before anything is written (SPEC §3).
+
+- The run folder is named by resolvers (`${run_id:}`, `${sweep_id:}` in
+  conf/config.yaml) from the run's identity (schema.identity).
+- A single run is checked by the `CheckRun` callback, which Hydra calls
+  before it makes the run folder or writes `.hydra/`: the config's ranges,
+  and an existing folder's config.
+- A sweep's cells are checked one by one by the tprop sweeper
+  (hydra_plugins/tprop_sweeper), which records a bad cell as `invalid`.
+- `describe` turns any Hydra or OmegaConf error into one line.
+"""
+import hashlib
+import re
+import sys
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+from omegaconf import errors as oe
+
+from . import UserError, records, schema
+
+
+def task_config(root):
+    """The resolved run config (the composed config less Hydra's own node)."""
+    return {k: OmegaConf.to_container(root[k], resolve=True) if isinstance(root[k], DictConfig)
+            else root[k] for k in root if k != "hydra"}
+
+
+def _run_id(_root_):
+    return schema.run_folder_name(task_config(_root_))
+
+
+def _sweep_id(_root_):
+    profile = _root_.get("profile")
+    return f"{_root_.name}/{profile.name}" if profile is not None else str(_root_.name)
+
+
+OmegaConf.register_new_resolver("run_id", _run_id, replace=True)
+OmegaConf.register_new_resolver("sweep_id", _sweep_id, replace=True)
+# seeds=N in a sweep: train.seed runs over N seeds from the base seed.
+OmegaConf.register_new_resolver(
+    "seed_list", lambda n, base=1111: ",".join(str(base + i) for i in range(int(n))), replace=True)
+
+
+# ------------------------------------------------------------- one line
+
+def _a(type_name):
+    return {"int": "an integer", "float": "a number", "bool": "true or false",
+            "str": "a string"}.get(type_name, type_name)
+
+
+def describe(e):
+    """One line for the user from an exception and its causes."""
+    chain, c = [], e
+    while c is not None and c not in chain:
+        chain.append(c)
+        c = c.__cause__ or c.__context__
+    for c in chain:
+        if isinstance(c, UserError):
+            return str(c)
+    for c in chain:
+        key = getattr(c, "full_key", None)
+        msg = str(getattr(c, "msg", "") or c).splitlines()[0] if str(c) else ""
+        if isinstance(c, (oe.ConfigKeyError, oe.ConfigAttributeError)) and key:
+            return f"unknown key {key} (see tprop_exp/schema.py for the keys)"
+        if isinstance(c, oe.ValidationError) and key:
+            m = re.search(r"Value '(.*?)' (?:of type '\w+' )?could not be converted to (\w+)", msg)
+            if m:
+                want = {"Integer": "int", "Float": "float", "Boolean": "bool"}.get(m[2], m[2])
+                return f"{key}: {m[1]!r} is not {_a(want)}"
+            m = re.search(r"Incompatible value '(.*?)' for field of type '(\w+)'", msg)
+            if m:
+                return f"{key}: {m[1]!r} is not {_a(m[2])}"
+            m = re.search(r"field '[\w.]+' is not Optional", msg)
+            if m:
+                return f"{key}: null is not allowed"
+            return f"{key}: {msg}"
+    text = str(e)
+    lines = [s.strip() for s in text.splitlines() if s.strip()]
+    msg = lines[0] if lines else type(e).__name__
+    if "Available options" in text:
+        i = next(i for i, s in enumerate(lines) if s.startswith("Available options"))
+        opts = [s for s in lines[i + 1:] if " " not in s and "=" not in s and ":" not in s]
+        msg += f" (available: {', '.join(opts)})"
+    return msg
+
+
+def refuse(e):
+    print(f"tprop_exp: error: {describe(e)}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+# ------------------------------------------------------------ the checks
+
+def check(root, run_dir=None):
+    """Validate a composed config; if run_dir holds a run, it must be this one."""
+    schema.validate(root)
+    if run_dir is not None:
+        old = records.existing_config(run_dir)
+        if old is not None:
+            records.check_same_config(old, task_config(root), run_dir)
+
+
+class CheckRun(Callback):
+    """Hydra calls on_run_start before it makes the run folder (single runs)."""
+
+    def on_run_start(self, config, **kwargs):
+        # Hydra turns a callback's exception into a warning, so refuse here.
+        try:
+            check(config, Path(str(config.hydra.run.dir)))
+        except Exception as e:  # noqa: BLE001 (any error: one line, status 2)
+            refuse(e)
+
+
+def check_cell(config_loader, master, cell):
+    """None if a sweep cell composes and passes the checks, else one line."""
+    try:
+        cfg = config_loader.load_sweep_config(master_config=master, sweep_overrides=list(cell))
+        check(cfg, Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir))
+        return None
+    except Exception as e:  # noqa: BLE001
+        return describe(e)
+
+
+def record_invalid(sweep_dir, cell, error):
+    """`invalid-<hash of the cell's overrides>/result.json` in the sweep folder."""
+    digest = hashlib.sha1("\n".join(sorted(cell)).encode()).hexdigest()[:10]
+    run_dir = Path(sweep_dir) / f"invalid-{digest}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    records.write_json(run_dir / "result.json", {
+        "status": "invalid", "error": error, **dict.fromkeys(records.RESULT_FIELDS),
+        "overrides": list(cell), "command": " ".join(["python -m tprop_exp", *cell])})
+    print(f"{run_dir}: invalid: {error}", file=sys.stderr, flush=True)

@@ -1,0 +1,309 @@
+"""The config's schema (SPEC §3): types, allowed values, ranges, run identity.
+
+The dataclasses below are registered in Hydra's ConfigStore as `config_schema`,
+the base of conf/config.yaml, so Hydra refuses an unknown key or a value of the
+wrong type while it composes. `validate` checks the rest (ranges, choices,
+per-method rules) in one place. `identity` is the part of a resolved config
+that decides what a run computes: keys marked `identity=False` below (and the
+BTPROP keys of a BPTT run) are left out, so they may differ on a re-run.
+"""
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from . import UserError
+
+METHODS = ("bptt", "penalty", "admm", "alm")
+CELLS = ("rnn", "gru", "lstm")              # models.CELLS
+OPTIMIZERS = ("sgd", "adagrad", "adam")     # optim.OPTIMIZERS
+H_OPTIMIZERS = ("adagrad", "sgd")           # btprop.H_OPTIMIZERS
+INITS = ("forward", "zero")                 # btprop.INITS
+MODES = ("minibatch", "batch")
+PRECISIONS = ("fp32", "bf16", "fp16")
+DTYPES = ("float32", "float64")
+LEVELS = ("char", "word")
+
+
+def volatile(default):
+    """A key that does not change what a run computes (not part of its identity)."""
+    return field(default=default, metadata={"identity": False})
+
+
+@dataclass
+class TrainConf:
+    batch_size: int = 32
+    optimizer: str = "sgd"
+    lr: float = 1.0
+    lr_decay: float = 0.5
+    clip: float = 0.5
+    max_epochs: int = 5
+    patience: int = 5
+    seed: int = 1111
+    device: str = volatile("auto")
+    dtype: str = "float32"
+    precision: str = "fp32"
+    threads: Optional[int] = volatile(None)
+    eval_batch_size: int = 32
+    train_tokens: Optional[int] = None
+    train_eval_tokens: Optional[int] = 100000
+    ckpt_interval_s: float = volatile(600.0)
+
+
+@dataclass
+class ArchConf:
+    cell: str = "lstm"
+    hidden_size: int = 128
+    num_layers: int = 1
+    init_range: float = 0.1
+
+
+@dataclass
+class MethodConf:
+    """One schema for every method, so that a sweep may mix them; BPTT reads
+    only name, mode and block_size."""
+    name: str = "bptt"
+    mode: str = "minibatch"
+    block_size: int = 35
+    init: str = "forward"
+    h_steps: int = 10
+    h_optimizer: str = "adagrad"
+    h_lr: float = 1.0
+    h_tol: float = 1e-5
+    h_clip: float = 0.0
+    theta_steps: int = 1
+    lam: float = 1.0
+    lam_mult: float = 1.0
+    u_lr: float = 0.1
+    u_start_epoch: int = 3
+    chunk_blocks: int = 512
+
+
+BPTT_KEYS = ("name", "mode", "block_size")
+
+
+@dataclass
+class DatasetConf:
+    """Datasets differ: every key beyond name, source and level is optional."""
+    name: str = "???"
+    source: str = "???"
+    level: str = "???"
+    vocab_size: Optional[int] = None
+    eos: Optional[bool] = None
+    tokens: Optional[str] = None
+    # local files
+    path: Optional[str] = None
+    train: Optional[str] = None
+    valid: Optional[str] = None
+    test: Optional[str] = None
+    # downloads (mirrors give the same bytes: not part of the identity)
+    urls: Optional[List[str]] = volatile(None)
+    archive: Optional[str] = None
+    size: Optional[int] = None
+    sha1: Optional[str] = None
+    md5: Optional[str] = None
+    member: Optional[str] = None
+    member_sha1: Optional[str] = None
+    files: Optional[Dict[str, str]] = None
+    file_md5: Optional[Dict[str, str]] = None
+    # splits
+    train_chars: Optional[int] = None
+    valid_chars: Optional[int] = None
+    train_frac: Optional[float] = None
+    valid_frac: Optional[float] = None
+
+
+@dataclass
+class ProfileConf:
+    """Settings of the paper's experiments (conf/profile); they reach a run only
+    through the keys they set, so the profile itself is not part of its identity."""
+    name: str = "???"
+    datasets: str = "???"
+    block_sizes: str = "???"
+    cell: str = "???"
+    hidden: int = "???"  # type: ignore[assignment]
+    hidden_sizes: str = "???"
+    batch_sizes: str = "???"
+    vocab_size: Optional[int] = None
+    train_tokens: Dict[str, Optional[int]] = field(default_factory=dict)
+    epochs: Dict[str, int] = field(default_factory=dict)
+    lr: Dict[str, float] = field(default_factory=dict)
+    u_start_epoch: int = 3
+    threads: Optional[int] = None
+
+
+@dataclass
+class Config:
+    name: str = volatile("default")
+    profile: Optional[ProfileConf] = volatile(None)
+    seeds: int = volatile(1)
+    data_dir: Optional[str] = volatile(None)
+    dataset: DatasetConf = field(default_factory=DatasetConf)
+    arch: ArchConf = field(default_factory=ArchConf)
+    method: MethodConf = field(default_factory=MethodConf)
+    train: TrainConf = field(default_factory=TrainConf)
+
+
+ConfigStore.instance().store(name="config_schema", node=Config)
+
+
+# ------------------------------------------------------------------ checks
+
+def _bad(key, value, allowed):
+    raise UserError(f"{key}: {value!r} is not allowed; it must be {allowed}")
+
+
+def unknown_keys(node, prefix=""):
+    """Keys added to a typed node (Hydra's `+key=value` opens it), dotted."""
+    kind = OmegaConf.get_type(node)
+    allowed = {f.name for f in fields(kind)} if is_dataclass(kind) else None
+    out = []
+    for k in node.keys():
+        if k == "hydra" and not prefix:
+            continue
+        if allowed is not None and k not in allowed:
+            out.append(prefix + str(k))
+        else:
+            child = node._get_node(k)
+            if isinstance(child, DictConfig) and not child._is_none() and is_dataclass(OmegaConf.get_type(child)):
+                out += unknown_keys(child, f"{prefix}{k}.")
+    return out
+
+
+def validate(cfg):
+    """Range, choice and per-method checks of a composed config (UserError, one line)."""
+    extra = unknown_keys(cfg)
+    if extra:
+        raise UserError(f"unknown key {extra[0]} (see tprop_exp/schema.py for the keys)")
+    t, a, m, d = cfg.train, cfg.arch, cfg.method, cfg.dataset
+
+    def positive(key, value, optional=False):
+        if value is None and optional:
+            return
+        if value is None or not math.isfinite(value) or value <= 0:
+            _bad(key, value, "a positive number" + (" or null" if optional else ""))
+
+    def at_least(key, value, low):
+        if value is None or not math.isfinite(value) or value < low:
+            _bad(key, value, f"a finite number >= {low}")
+
+    def choice(key, value, allowed):
+        if value not in allowed:
+            _bad(key, value, "one of " + ", ".join(allowed))
+
+    for key in ("batch_size", "eval_batch_size", "max_epochs", "patience", "lr"):
+        positive(f"train.{key}", t[key])
+    for key in ("threads", "train_tokens", "train_eval_tokens"):
+        positive(f"train.{key}", t[key], optional=True)
+    at_least("train.clip", t.clip, 0)
+    at_least("train.ckpt_interval_s", t.ckpt_interval_s, 0)
+    if not (math.isfinite(t.lr_decay) and 0 < t.lr_decay <= 1):
+        _bad("train.lr_decay", t.lr_decay, "a number in (0, 1]")
+    choice("train.optimizer", t.optimizer, OPTIMIZERS)
+    choice("train.dtype", t.dtype, DTYPES)
+    choice("train.precision", t.precision, PRECISIONS)
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", t.device):
+        _bad("train.device", t.device, "auto, cpu or cuda[:N]")
+
+    choice("arch.cell", a.cell, CELLS)
+    positive("arch.hidden_size", a.hidden_size)
+    positive("arch.num_layers", a.num_layers)
+    at_least("arch.init_range", a.init_range, 0)
+
+    choice("method.name", m.name, METHODS)
+    choice("method.mode", m.mode, MODES)
+    positive("method.block_size", m.block_size)
+    # BPTT ignores the BTPROP keys, but they are checked for every method so
+    # that a mixed sweep fails on its first cell, not on its first BTPROP cell.
+    choice("method.init", m.init, INITS)
+    choice("method.h_optimizer", m.h_optimizer, H_OPTIMIZERS)
+    positive("method.chunk_blocks", m.chunk_blocks)
+    for key in ("h_steps", "theta_steps", "u_start_epoch", "h_lr", "h_tol", "h_clip", "lam", "u_lr"):
+        at_least(f"method.{key}", m[key], 0)
+    positive("method.lam_mult", m.lam_mult)
+    if m.name in ("penalty", "admm") and m.theta_steps < 1:
+        _bad("method.theta_steps", m.theta_steps, f"at least 1 for {m.name}, or θ never trains")
+    if m.name == "alm" and m.h_steps < 1:
+        _bad("method.h_steps", m.h_steps, "at least 1 for alm (it counts the joint (H, θ) steps)")
+
+    choice("dataset.level", d.level, LEVELS)
+    if d.vocab_size is not None and d.vocab_size < 2:
+        _bad("dataset.vocab_size", d.vocab_size, "an integer >= 2 or null")
+    fracs = [(k, d[k]) for k in ("train_frac", "valid_frac") if d[k] is not None]
+    for key, value in fracs:
+        if not (math.isfinite(value) and 0 < value < 1):
+            _bad(f"dataset.{key}", value, "a number in (0, 1)")
+    if len(fracs) == 2 and d.train_frac + d.valid_frac >= 1:
+        _bad("dataset.valid_frac", d.valid_frac,
+             f"a number below {1 - d.train_frac:g} (train_frac + valid_frac < 1, the rest is test)")
+    positive("seeds", cfg.seeds)
+
+
+# ---------------------------------------------------------------- identity
+
+def _excluded(schema=Config, prefix=""):
+    """Dotted keys marked identity=False in the dataclasses above."""
+    out = []
+    for f in fields(schema):
+        if not f.metadata.get("identity", True):
+            out.append(prefix + f.name)
+        elif is_dataclass(f.default_factory if f.default_factory is not None else None):
+            out += _excluded(f.default_factory, f"{prefix}{f.name}.")
+    return out
+
+
+EXCLUDED = tuple(_excluded())
+
+
+def identity(config):
+    """A resolved config (dict) less the keys that do not change the result."""
+    cfg = json.loads(json.dumps(config))
+    cfg.pop("hydra", None)
+    for key in EXCLUDED:
+        *parents, leaf = key.split(".")
+        node = cfg
+        for k in parents:
+            node = node.get(k) or {}
+        node.pop(leaf, None)
+    method = cfg.get("method") or {}
+    if method.get("name") == "bptt":  # BPTT reads none of the BTPROP keys
+        cfg["method"] = {k: v for k, v in method.items() if k in BPTT_KEYS}
+    return cfg
+
+
+def run_hash(config):
+    text = json.dumps(identity(config), sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def run_folder_name(config, limit=40):
+    """`<method>-K<block size>[-h<h-steps>]-<cell><hidden>-<dataset>-<hash>`, filesystem-safe."""
+    m, d, a = config.get("method", {}), config.get("dataset", {}), config.get("arch", {})
+    parts = [m.get("name"), m.get("mode") == "batch" and "batch", f"K{m.get('block_size')}"]
+    if m.get("name") != "bptt":
+        parts.append(f"h{m.get('h_steps')}")
+    parts += [f"{a.get('cell')}{a.get('hidden_size')}", d.get("name")]
+    prefix = "-".join(str(p) for p in parts if p)
+    prefix = re.sub(r"[^A-Za-z0-9._-]+", "_", prefix)[:limit].strip("-_.")
+    return f"{prefix}-{run_hash(config)}"
+
+
+def differences(old, new):
+    """`key: old -> new` for every identity key that differs (dotted keys)."""
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict) and v:
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[prefix + k] = v
+        return out
+    a, b = flat(identity(old)), flat(identity(new))
+    missing = object()
+    return [f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}"
+            for k in sorted(a.keys() | b.keys()) if a.get(k, missing) != b.get(k, missing)]
