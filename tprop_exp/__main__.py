@@ -27,6 +27,21 @@ from . import UserError, checks, schema
 CONF = str(Path(__file__).resolve().parent / "conf")
 
 
+def _find_our_sweeper():
+    """Hydra finds plugins by listing the folders of the `hydra_plugins`
+    namespace; an editable install maps our sweeper without such a folder, so
+    name its folder there (a wheel installs it where Hydra looks anyway)."""
+    import hydra_plugins
+    import hydra_plugins.tprop_sweeper as ours
+
+    folder = str(Path(ours.__file__).resolve().parent.parent)
+    if folder not in list(hydra_plugins.__path__):
+        hydra_plugins.__path__.append(folder)
+
+
+_find_our_sweeper()
+
+
 @hydra.main(config_path=CONF, config_name="config", version_base="1.3")
 def main(cfg: DictConfig):
     from . import records, train
