@@ -17,7 +17,7 @@ STAMP := $(BIN)/.tprop_exp-installed
 RUN := $(PY) -m tprop_exp
 REPORT := $(PY) -m tprop_exp.report
 
-.PHONY: setup demo test test-all bench table1 table2 table3 figure methods all-tables clean
+.PHONY: setup demo test test-all bench dist bench-dist table1 table2 table3 figure methods all-tables clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,15 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) scripts/bench.py
+
+# One run over NPROC processes (gloo on CPUs, nccl on GPUs): make dist NPROC=2 ARGS="method=admm method.mode=batch"
+NPROC ?= 2
+ARGS ?=
+dist: $(STAMP)
+	$(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) -m tprop_exp $(ARGS)
+
+bench-dist: $(STAMP)
+	$(PY) scripts/bench_dist.py
 
 # The paper's tables: a sweep, then its report. PROFILE=paper for the real data on a GPU.
 OUT = results$(if $(filter-out sample,$(PROFILE)),/$(PROFILE))

@@ -65,7 +65,8 @@ def single():
             for case in CASES}
 
 
-@pytest.mark.parametrize("world", [2, 4])
+# 4 processes on a busy 2-core machine take over a minute: `slow`.
+@pytest.mark.parametrize("world", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_same_parameters_as_one_process(world, single, tmp_path):
     out = tmp_path / "out.pt"
     mp.spawn(worker, args=(world, str(tmp_path / "store"), str(out)), nprocs=world)
@@ -110,3 +111,64 @@ def test_bad_sharing_is_user_error():
         distributed.check(cfg, 10, 4)
     distributed.check(cfg, 13, 4)  # 4 blocks, one each
     distributed.check(OmegaConf.create(cfg), 10, 1)
+
+
+# ---------------------------------------------------------------- the command line under torchrun
+
+TINY = ["arch.hidden_size=8", "train.train_tokens=6000", "train.max_epochs=1", "train.eval_batch_size=4",
+        "train.train_eval_tokens=2000", "dataset=sample_chars", "method=admm", "method.mode=batch",
+        "method.h_steps=1", "method.block_size=10", "train.dtype=float64"]
+
+
+def torchrun(args, cwd, nproc=2):
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc_per_node={nproc}", "-m", "tprop_exp", *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_torchrun_run_records_once_and_resumes(tmp_path):
+    import json
+    run = tmp_path / "run"
+    p = torchrun([*TINY, f"hydra.run.dir={run}"], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("epoch=1 ") == 1  # one process prints the epoch
+    result = json.loads((run / "result.json").read_text())
+    assert result["status"] == "completed"
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert ckpt["world"] == 2 and len(ckpt["core_state"]) == 2
+    nb = (6000 - 1) // 10
+    # every block's H once, plus the left range's copy of its neighbour's first H
+    assert sum(s["H"].shape[0] for s in ckpt["core_state"]) == nb + 1
+    (run / "result.json").unlink()  # the checkpoint is at the end: resuming ends at once, same result
+    p = torchrun([*TINY, f"hydra.run.dir={run}"], tmp_path)
+    assert p.returncode == 0 and "resuming at epoch 2" in p.stdout, p.stderr[-3000:]
+    again = json.loads((run / "result.json").read_text())
+    assert again["best_valid_ppl"] == result["best_valid_ppl"]
+    # the single-process run of the same config: the same model
+    one = tmp_path / "one"
+    import subprocess
+    import sys
+    q = subprocess.run([sys.executable, "-m", "tprop_exp", *TINY, f"hydra.run.dir={one}"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert q.returncode == 0, q.stderr[-3000:]
+    single = json.loads((one / "result.json").read_text())
+    assert single["best_valid_ppl"] == pytest.approx(result["best_valid_ppl"], rel=1e-9)
+    # resuming with another number of processes is refused on every process
+    (run / "result.json").unlink()
+    p = torchrun([*TINY, f"hydra.run.dir={run}"], tmp_path, nproc=1)
+    assert p.returncode != 0 and "resume it with as many" in p.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_bad_input_stops_every_process(tmp_path):
+    p = torchrun([*TINY, "train.batch_size=0", f"hydra.run.dir={tmp_path / 'bad'}"], tmp_path)
+    assert p.returncode != 0
+    errors = [line for line in p.stderr.splitlines() if line.startswith("tprop_exp: error:")]
+    assert errors == ["tprop_exp: error: train.batch_size must be positive, got 0"] * 2, p.stderr[-2000:]
+    assert not (tmp_path / "bad" / "result.json").exists()

@@ -312,16 +312,22 @@ def save(comm, run_dir, ckpt):
 
 
 def load(comm, run_dir, config):
-    """Rank 0 reads the checkpoint; the others get its common part and their own state."""
+    """The run's checkpoint (None if there is none). Rank 0 reads it; the
+    others get its common part and their own state."""
+    world = 1 if comm is None else comm.world
     ckpt, error = None, None
-    if comm.rank == 0:
+    if comm is None or comm.rank == 0:
         try:
             ckpt = records.load_checkpoint(run_dir, config)
-            if ckpt is not None and ckpt.get("world") != comm.world:
+            if ckpt is not None and ckpt.get("world", 1) != world:
                 raise UserError(f"{run_dir} was run by {ckpt.get('world', 1)} processes, "
-                                f"not {comm.world}; resume it with as many")
+                                f"not {world}; resume it with as many")
         except UserError as e:
+            if comm is None:
+                raise
             ckpt, error = None, str(e)
+    if comm is None:
+        return ckpt
     common = {k: v for k, v in ckpt.items() if k not in ("core_state", "pos")} if ckpt else None
     error, common = comm.broadcast([error, common])
     if error:

@@ -107,8 +107,7 @@ def run(cfg, run_dir, overrides=()):
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(theta.opt, factor=cfg.train.lr_decay, patience=0)
     prov = records.provenance(device, overrides)
     t = Trainer(cfg, model, theta, sched, corpus, run_dir, config, comm)
-    t.resume(records.load_checkpoint(run_dir, config) if comm is None
-             else distributed.load(comm, run_dir, config))
+    t.resume(distributed.load(comm, run_dir, config))
     status, error = t.fit()
     result = t.result(status, prov)
     if error:
