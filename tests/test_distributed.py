@@ -172,3 +172,32 @@ def test_torchrun_bad_input_stops_every_process(tmp_path):
     errors = [line for line in p.stderr.splitlines() if line.startswith("tprop_exp: error:")]
     assert errors == ["tprop_exp: error: train.batch_size must be positive, got 0"] * 2, p.stderr[-2000:]
     assert not (tmp_path / "bad" / "result.json").exists()
+
+
+@pytest.mark.slow
+def test_slurm_launcher_one_process_per_task(tmp_path):
+    """The SLURM launcher's path (submitit's local executor) with two tasks:
+    one run over two processes, the answer of one process."""
+    import json
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("HYDRA_FULL_ERROR", None)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+
+    def sweep(extra, out):
+        p = subprocess.run([sys.executable, "-m", "tprop_exp", "-m", *TINY, *extra,
+                            f"hydra.sweep.dir={out}"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=400)
+        assert p.returncode == 0, p.stderr[-3000:]
+        (run,) = [d for d in out.iterdir() if (d / "result.json").exists()]
+        return run
+
+    run = sweep(["hydra/launcher=slurm_local", "hydra.launcher.tasks_per_node=2"], tmp_path / "slurm")
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert ckpt["world"] == 2
+    one = sweep([], tmp_path / "one")
+    assert (json.loads((run / "result.json").read_text())["best_valid_ppl"]
+            == pytest.approx(json.loads((one / "result.json").read_text())["best_valid_ppl"], rel=1e-9))

@@ -33,6 +33,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from omegaconf import OmegaConf
 
 from . import UserError, bptt, btprop, records
 from .data import batchify
@@ -142,7 +143,7 @@ class Comm:
 
     def gather(self, obj):
         """Every process's `obj` (moved to the CPU), as a list on rank 0; None elsewhere."""
-        from .train import to_device
+        from .train import to_device  # train imports this module
         out = [None] * self.world if self.rank == 0 else None
         dist.gather_object(to_device(obj, "cpu"), out, dst=0)
         return out
@@ -242,7 +243,6 @@ class Core:
 
 def local(cfg, batch_size):
     """The config with this process's batch size."""
-    from omegaconf import OmegaConf
     cfg = OmegaConf.create(OmegaConf.to_container(cfg))
     cfg.train.batch_size = batch_size
     return cfg
