@@ -20,7 +20,7 @@ STAMP := $(BIN)/.tprop_exp-installed
 RUN := $(PY) -m tprop_exp
 REPORT := $(PY) -m tprop_exp.report
 
-.PHONY: help setup demo test test-all bench table1 table2 table3 figure methods all-tables clean
+.PHONY: help setup demo test test-all bench dist bench-dist table1 table2 table3 figure methods all-tables clean
 .DEFAULT_GOAL := help
 
 help:  ## list the targets and settings (installs nothing)
@@ -54,6 +54,15 @@ test-all: $(STAMP)  ## the tests, also the slow ones
 
 bench: $(STAMP)  ## training throughput of BPTT and BTPROP
 	$(PY) scripts/bench.py
+
+# One run over NPROC processes (gloo on CPUs, nccl on GPUs): make dist NPROC=2 ARGS="method=admm method.mode=batch"
+NPROC ?= 2
+ARGS ?=
+dist: $(STAMP)  ## one run over NPROC processes (torchrun): make dist NPROC=2 ARGS="..."
+	$(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) -m tprop_exp $(ARGS)
+
+bench-dist: $(STAMP)  ## one run over NPROC processes (torchrun): make dist NPROC=2 ARGS="..."
+	$(PY) scripts/bench_dist.py
 
 # The paper's tables: a sweep, then its report. PROFILE=paper for the real data on a GPU.
 OUT = results$(if $(filter-out sample,$(PROFILE)),/$(PROFILE))

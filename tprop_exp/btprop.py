@@ -59,6 +59,9 @@ class Blocks:
     u: torch.Tensor  # (n-1, S) scaled duals u_b of the constraints F_b = H_{b+1}
     lam: float       # λ
     chunk: int       # blocks per forward/backward pass: memory only, never the result
+    # Blocks spread over processes (distributed.py): H and u then have one more
+    # row, the right neighbour's first H and the dual of the constraint across.
+    comm: object = None
 
     @property
     def n(self):
@@ -89,7 +92,7 @@ def objective(model, S, backward=None):
         logits, Fs = model(S.x[:, i:j], model.unflat_state(S.H[i:j]))
         Fb = model.flat_state(Fs)                                   # F_b(H_b; θ)
         ce = token_nll(logits, S.y[:, i:j]).mean(0)                 # CE_b = (1/K) Σ_t NLL_t
-        m = min(j, S.n - 1) - i                                     # blocks with a successor
+        m = min(j, S.H.shape[0] - 1) - i                            # blocks with a successor
         diff = Fb[:m] - S.H[i + 1:i + 1 + m]                        # F_b − H_{b+1}
         pen = 0.5 * S.lam * (diff + S.u[i:i + m]).pow(2).sum(1)     # (λ/2)||F_b + u_b − H_{b+1}||²
         J = ce.sum() + pen.sum()
@@ -133,22 +136,32 @@ def init_states(model, x, h1, how):
     return H.requires_grad_(True)
 
 
-def masked_step(opt, H, active, tol, clip=0.0):
+def masked_step(opt, H, active, tol, clip=0.0, comm=None):
     """One h-step while the gradient is above `tol`; `active` records whether.
 
     The tolerance is on the root-mean-square of the blocks' gradient norms,
     ||∇_H J|| / sqrt(n), so that it means the same for any number of blocks.
     Once below it, `active` stays 0 and later gradients are zeroed, which
     leaves Adagrad and plain SGD exactly where they stopped, without reading
-    the norm on the host. `clip` bounds the global norm of ∇_H J.
+    the norm on the host. `clip` bounds the global norm of ∇_H J. With `comm`
+    the blocks are spread over processes, and the norm is that of all of H.
     """
-    H.grad[0] = 0  # H_1 is fixed
-    norm = torch.linalg.vector_norm(H.grad) / H.shape[0] ** 0.5
-    active = active * (norm > tol)
-    if clip > 0:
-        torch.nn.utils.clip_grad_norm_([H], clip)
+    n = H.shape[0]
+    if comm is not None:
+        comm.boundary_grad(H)  # the ghost row's gradient goes to its owner
+        n = comm.nb
+    if comm is None or comm.rank == 0:
+        H.grad[0] = 0  # H_1 is fixed
+    norm = torch.linalg.vector_norm(H.grad)
+    if comm is not None:
+        norm = comm.norm(norm)
+    active = active * (norm / n ** 0.5 > tol)
+    if clip > 0:  # as clip_grad_norm_, with the norm of all of H
+        H.grad.mul_((clip / (norm + 1e-6)).clamp(max=1))
     H.grad.mul_(active)
     opt.step()
+    if comm is not None:
+        comm.refresh(H)  # the ghost row follows its owner's step
     return active
 
 
@@ -160,7 +173,7 @@ def h_steps(model, S, m):
     for _ in range(m.h_steps):
         S.H.grad = None
         objective(model, S, backward=lambda J: J.backward(inputs=[S.H]))
-        active = masked_step(opt, S.H, active, m.h_tol, m.h_clip)
+        active = masked_step(opt, S.H, active, m.h_tol, m.h_clip, S.comm)
         taken += active
     return taken
 
@@ -183,7 +196,7 @@ def theta_steps(model, theta, S, m):
 @torch.no_grad()
 def dual_step(model, S, rho):
     """Step 4: u_b ← u_b + ρ (F_b − H_{b+1}), scaled-form dual ascent."""
-    for i, j in S.chunks(S.n - 1):
+    for i, j in S.chunks(S.H.shape[0] - 1):
         Fs = model.final_state(S.x[:, i:j], model.unflat_state(S.H[i:j]))
         S.u[i:j] += rho * (model.flat_state(Fs) - S.H[i + 1:j + 1])
 
@@ -205,7 +218,7 @@ def alm_steps(model, theta, S, m, duals_on):
         s = objective(model, S, backward=lambda J: theta.backward(J / S.n, extra=[S.H]))
         stats = s if stats is None else {**stats, "last": s["last"]}
         theta.unscale(S.H.grad).mul_(S.n)  # J, not J / n, for H
-        active = masked_step(h_opt, S.H, active, m.h_tol, m.h_clip)
+        active = masked_step(h_opt, S.H, active, m.h_tol, m.h_clip, S.comm)
         theta.step()
         taken += active
         if duals_on:

@@ -7,13 +7,14 @@ in mini-batch mode, every `train.ckpt_interval_s` seconds within one, so a
 killed run started again resumes where it was and ends exactly as one never
 interrupted. A finished run returns its result at once.
 """
+import functools
 import math
 import time
 from pathlib import Path
 
 import torch
 
-from . import UserError, bptt, btprop, optim, records
+from . import UserError, bptt, btprop, distributed, optim, records
 from .data import load_corpus, resolve_data_dir
 from .evaluation import evaluate
 from .models import PRECISIONS, build_model
@@ -47,6 +48,8 @@ def run(cfg, run_dir, overrides=()):
     corpus = load_corpus(cfg.dataset, resolve_data_dir(cfg.data_dir))
     if cfg.train.train_tokens is not None:
         corpus.train = corpus.train[:cfg.train.train_tokens]
+    distributed.check(cfg, len(corpus.train), distributed.environment()[1])
+    comm, device = distributed.init(device)  # (None, device) for a single process
     torch.manual_seed(cfg.train.seed)
     dtype = getattr(torch, cfg.train.dtype)
     model = build_model(cfg.arch, len(corpus.vocab)).to(device=device, dtype=dtype)
@@ -54,34 +57,39 @@ def run(cfg, run_dir, overrides=()):
     if device.type == "cuda" and cfg.train.precision == "fp32":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     theta = optim.build(model, cfg)
+    if comm is not None:
+        theta = distributed.SharedTheta(theta, comm)
     # Shrink the learning rate when validation stops improving (patience 0).
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(theta.opt, factor=cfg.train.lr_decay, patience=0)
     prov = records.provenance(device, overrides)
-    t = Trainer(cfg, model, theta, sched, corpus, run_dir, config)
-    t.resume(records.load_checkpoint(run_dir, config))
+    t = Trainer(cfg, model, theta, sched, corpus, run_dir, config, comm)
+    t.resume(distributed.load(comm, run_dir, config))
     status, error = t.fit()
-    records.write_metrics(run_dir, t.history)  # final: also a diverged run, or a resumed one with nothing left
     result = t.result(status, prov)
     if error:
         result["error"] = error
-    records.write_json(run_dir / "result.json", result)
+    if t.lead:
+        records.write_metrics(run_dir, t.history)  # final: also a diverged run, or a resumed one with nothing left
+        records.write_json(run_dir / "result.json", result)
     return result
 
 
 class Trainer:
     """The mutable state of one run, so that it can be checkpointed whole."""
 
-    def __init__(self, cfg, model, theta, sched, corpus, run_dir, config):
+    def __init__(self, cfg, model, theta, sched, corpus, run_dir, config, comm=None):
         self.cfg, self.model, self.theta, self.sched = cfg, model, theta, sched
         self.corpus, self.run_dir, self.config = corpus, run_dir, config
-        self.core = CORES[cfg.method.name]
+        self.core = CORES[cfg.method.name] if comm is None else distributed.Core(comm, cfg.method.name)
+        self.comm, self.lead = comm, comm is None or comm.rank == 0  # the lead process writes records
         self.epoch, self.history, self.best, self.bad_epochs = 0, [], math.inf, 0
         self.best_state, self.state, self.pos = None, {}, None  # state: the core's, across epochs
         self.wall = 0.0
         self.last_save = time.monotonic()
 
     def checkpoint(self, pos=None):
-        records.save_checkpoint(self.run_dir, {
+        save = records.save_checkpoint if self.comm is None else functools.partial(distributed.save, self.comm)
+        save(self.run_dir, {
             "config": self.config, "epoch": self.epoch, "history": self.history,
             "model": self.model.state_dict(), "theta": self.theta.state_dict(),
             "sched": self.sched.state_dict(), "best": self.best, "bad_epochs": self.bad_epochs,
@@ -103,11 +111,15 @@ class Trainer:
         self.wall = ckpt["wall"]
         self.state = to_device(ckpt["core_state"], device)
         self.pos = to_device(ckpt["pos"], device)
-        print(f"{self.run_dir}: resuming at epoch {self.epoch + 1}"
-              + (f", update {self.pos['update']}" if self.pos else ""))
+        if self.lead:
+            print(f"{self.run_dir}: resuming at epoch {self.epoch + 1}"
+                  + (f", update {self.pos['update']}" if self.pos else ""))
 
     def on_update(self, pos):
-        if time.monotonic() - self.last_save > self.cfg.train.ckpt_interval_s:
+        due = time.monotonic() - self.last_save > self.cfg.train.ckpt_interval_s
+        if self.comm is not None:
+            due = self.comm.decide(due)  # all processes take part in a checkpoint
+        if due:
             pos["elapsed"] = time.perf_counter() - self.epoch_t0  # this epoch's seconds so far
             self.checkpoint(pos)
 
@@ -144,7 +156,8 @@ class Trainer:
                 row["lam"] = self.state["lam"]
             row.update(stats)
             self.history.append(row)
-            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+            if self.lead:
+                print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
             loss = stats.get("running_nll", stats.get("ce"))  # the method's own objective
             if not math.isfinite(valid_nll) or not (loss < limit):
                 self.checkpoint()  # run() writes the metrics
@@ -156,7 +169,8 @@ class Trainer:
                 self.bad_epochs += 1
             self.sched.step(valid_nll)
             self.core.end_epoch(self.state, cfg)
-            records.write_metrics(self.run_dir, self.history)
+            if self.lead:
+                records.write_metrics(self.run_dir, self.history)
             self.checkpoint()
         return "completed", None
 
