@@ -5,6 +5,7 @@ Bad input (an unknown option, a bad value, a missing data file) ends with one
 line on stderr and exit status 2. In a sweep (-m), a run that crashes is
 recorded as `failed` and the sweep goes on.
 """
+import math
 import os
 import sys
 import traceback
@@ -32,7 +33,8 @@ def main(cfg: DictConfig):
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     try:
-        return train.run(cfg, run_dir, overrides=hc.overrides.task)
+        # The objective a sweeper (Optuna) minimises: best validation perplexity.
+        return train.objective(train.run(cfg, run_dir, overrides=hc.overrides.task, job_num=hc.job.num if hc.mode == RunMode.MULTIRUN else 0))
     except UserError as e:  # exit here, before Hydra adds lines of its own
         print(f"tprop_exp: error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -48,7 +50,7 @@ def main(cfg: DictConfig):
         })
         if hc.mode == RunMode.MULTIRUN:
             traceback.print_exc()
-            return None
+            return math.inf
         raise
 
 

@@ -1,10 +1,20 @@
-"""Run records (SPEC §3): metrics.jsonl, result.json, checkpoints, provenance.
+"""Run records (SPEC §3): metrics.jsonl, result.json, checkpoints, model.pt, provenance.
 
 Everything is written atomically (a temporary file, then os.replace), so a
-killed run never leaves half a file behind. A run's identity is its folder,
-which Hydra derives from the overrides (conf/config.yaml): asking for the
-same run twice finds the same folder, which resumes or returns at once.
+killed run never leaves half a file behind; the temporary files of a kill
+during a write are removed when the run starts again (`remove_partial`). A
+run's identity is its folder, which Hydra derives from the overrides
+(conf/config.yaml): asking for the same run twice finds the same folder,
+which resumes or returns at once.
+
+Non-finite floats are written as null (every JSON reader accepts them);
+configs are compared after the same mapping, so a config holding inf is the
+same run when it comes back from result.json.
+
+Failures to read or write a record (disk full, a read-only folder, a damaged
+file) become one UserError line naming the file and the cause.
 """
+import errno
 import json
 import math
 import os
@@ -23,21 +33,41 @@ from . import UserError
 RESULT_FIELDS = ("best_valid_ppl", "test_ppl", "train_ppl", "epochs", "wall_s", "train_tokens_per_s")
 
 # Keys that do not change what a run computes, so may differ on a re-run.
-VOLATILE = ("train.device", "train.ckpt_interval_s", "data_dir", "seeds")
+VOLATILE = ("train.device", "train.ckpt_interval_s", "train.log_interval_s", "data_dir", "seeds", "logger")
+
+# The files a run writes atomically; `.NAME.*` beside them are left-overs of a kill.
+RECORDS = ("checkpoint.pt", "model.pt", "result.json", "metrics.jsonl")
 
 
 def atomic_write(path, write):
     """Call write(file_object) on a temporary file, then move it into place."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as e:
+        raise write_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; records are for everyone to read
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) or isinstance(e.__cause__, OSError):  # torch.save wraps OSError
+            raise write_error(path, e if isinstance(e, OSError) else e.__cause__) from None
         raise
+
+
+def write_error(path, e):
+    cause = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+    return UserError(f"cannot write {path}: {cause}")
+
+
+def remove_partial(run_dir):
+    """Delete the temporary files that a kill during a write left behind."""
+    for name in RECORDS:
+        for tmp in Path(run_dir).glob(f".{name}.*"):
+            tmp.unlink(missing_ok=True)
 
 
 def finite(obj):
@@ -65,21 +95,48 @@ def save_checkpoint(run_dir, ckpt):
     atomic_write(Path(run_dir) / "checkpoint.pt", lambda f: torch.save(ckpt, f))
 
 
+CHECKPOINT_KEYS = ("config", "epoch", "history", "model", "theta", "sched")
+
+
 def load_checkpoint(run_dir, config):
     path = Path(run_dir) / "checkpoint.pt"
     if not path.exists():
         return None
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:
-        raise UserError(f"checkpoint {path} is unreadable; delete it to start the run afresh")
+    ckpt = load_torch(path, "checkpoint")
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise UserError(f"checkpoint {path} has no {', '.join(missing)}; delete it to start the run afresh")
     check_same_config(ckpt["config"], config, path)
     return ckpt
 
 
+def load_torch(path, what):
+    """A torch file that must hold a dict; anything else is one clear line."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        cause = (e.strerror if isinstance(e, OSError) else str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise UserError(f"{what} {path} is unreadable ({cause}); delete it to start the run afresh") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{what} {path} is not a {what} (a {type(obj).__name__}, not a dict); "
+                        "delete it to start the run afresh")
+    return obj
+
+
+def save_model(run_dir, state_dict, vocab_size, config):
+    """The run's best model as a plain state_dict, with what rebuilds it."""
+    atomic_write(Path(run_dir) / "model.pt", lambda f: torch.save(
+        {"state_dict": state_dict, "vocab_size": vocab_size, "config": config}, f))
+
+
+def drop_checkpoint(run_dir):
+    """A finished run needs no optimizer or mid-run state."""
+    (Path(run_dir) / "checkpoint.pt").unlink(missing_ok=True)
+
+
 def identity(config):
     """The config as a dict, less the keys that do not change the result."""
-    cfg = json.loads(json.dumps(config))
+    cfg = json.loads(json.dumps(finite(config)))  # as result.json stores it
     for key in VOLATILE:
         *parents, leaf = key.split(".")
         node = cfg
@@ -104,6 +161,11 @@ def finished_result(run_dir, config):
         result = json.loads(path.read_text())
     except ValueError:
         return None  # a foreign or damaged file: run again
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+    if not isinstance(result, dict):
+        raise UserError(f"{path} is not a run's result (a JSON {type(result).__name__}, not an object); "
+                        "delete it to run again")
     check_same_config(result.get("config", {}), config, path)
     if result.get("status") == "failed":
         return None  # a crash (out of memory, say) is tried again, from its checkpoint

@@ -5,15 +5,24 @@
 Checkpoints (plain state_dicts) are written at the end of every epoch and,
 in mini-batch mode, every `train.ckpt_interval_s` seconds within one, so a
 killed run started again resumes where it was and ends exactly as one never
-interrupted. A finished run returns its result at once.
+interrupted. SIGTERM and SIGINT save a checkpoint at the next update and
+exit (status 128 + the signal's number). A run that ends keeps its best model
+in model.pt and drops the checkpoint; started again, it returns at once.
+The run folder is locked (filelock) while a run owns it.
 """
+import logging
 import math
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
+import filelock
 import torch
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import UserError, bptt, btprop, optim, records
+from . import UserError, bptt, btprop, logger, optim, records
 from .data import load_corpus, resolve_data_dir
 from .evaluation import evaluate
 from .models import CELLS, PRECISIONS, build_model
@@ -22,6 +31,7 @@ from .optim import OPTIMIZERS
 # The training core of each method: train_epoch(...) and end_epoch(state, cfg).
 CORES = {"bptt": bptt, "penalty": btprop, "admm": btprop, "alm": btprop}
 METHODS = tuple(CORES)
+log = logging.getLogger("tprop_exp")
 
 
 def check_config(cfg):
@@ -66,9 +76,13 @@ def check_config(cfg):
         raise UserError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.train.optimizer!r}")
 
 
-def pick_device(name):
+def pick_device(name, job_num=0):
+    """`auto`: a GPU if there is one; parallel jobs of a sweep take one GPU each."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        n = torch.cuda.device_count()
+        return torch.device(f"cuda:{job_num % n}" if n > 1 else "cuda")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"train.device={name} but no CUDA device is available")
     try:
@@ -77,15 +91,47 @@ def pick_device(name):
         raise UserError(f"train.device must be auto, cpu or cuda[:N], got {name!r}")
 
 
-def run(cfg, run_dir, overrides=()):
+def objective(result):
+    """What a sweeper minimises: the best validation perplexity; inf when
+    the run did not complete or has none."""
+    if result.get("status") != "completed" or result.get("best_valid_ppl") is None:
+        return math.inf
+    return float(result["best_valid_ppl"])
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT arrived; the checkpoint is saved."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def run(cfg, run_dir, overrides=(), job_num=0):
     run_dir = Path(run_dir)
     config = records.resolved_config(cfg)
     done = records.finished_result(run_dir, config)
     if done is not None:
-        print(f"{run_dir}: already {done['status']}; nothing to do")
+        log.info("%s: already %s; nothing to do", run_dir, done["status"])
         return done
     check_config(cfg)
-    device = pick_device(cfg.train.device)
+    device = pick_device(cfg.train.device, job_num)
+    lock = filelock.FileLock(run_dir / ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        raise UserError(f"{run_dir} is in use by another run (it holds {lock.lock_file}); "
+                        "wait for that run to end") from None
+    except OSError as e:
+        raise records.write_error(run_dir / ".lock", e) from None
+    try:
+        records.remove_partial(run_dir)
+        return run_locked(cfg, run_dir, config, device, overrides)
+    finally:
+        lock.release()
+
+
+def run_locked(cfg, run_dir, config, device, overrides):
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     corpus = load_corpus(cfg.dataset, resolve_data_dir(cfg.data_dir))
@@ -101,23 +147,69 @@ def run(cfg, run_dir, overrides=()):
     # Shrink the learning rate when validation stops improving (patience 0).
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(theta.opt, factor=cfg.train.lr_decay, patience=0)
     prov = records.provenance(device, overrides)
-    t = Trainer(cfg, model, theta, sched, corpus, run_dir, config)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("run %s: method %s (%s), %s %s, %s parameters, on %s; tokens: train %s, valid %s, test %s, vocab %s",
+             run_dir, cfg.method.name, cfg.method.mode, cfg.arch.cell, cfg.arch.hidden_size,
+             f"{n_params:,}", prov["device"], f"{len(corpus.train):,}", f"{len(corpus.valid):,}",
+             f"{len(corpus.test):,}", f"{len(corpus.vocab):,}")
+    metrics = logger.build(cfg.get("logger"), run_dir, config)
+    t = Trainer(cfg, model, theta, sched, corpus, run_dir, config, metrics)
     t.resume(records.load_checkpoint(run_dir, config))
-    status, error = t.fit()
+    try:
+        with stop_on_signals(t):
+            status, error = t.fit()
+    except Interrupted as e:
+        where = f"epoch {t.epoch + 1}" + (f", update {t.pos['update']:,}" if t.pos else "")
+        log.warning("%s: stopped by %s in %s; checkpoint saved, the run resumes when started again",
+                    run_dir, e, where)
+        raise SystemExit(128 + e.signum)
+    finally:
+        metrics.close()
     records.write_metrics(run_dir, t.history)  # final: also a diverged run, or a resumed one with nothing left
     result = t.result(status, prov)
     if error:
         result["error"] = error
+    if t.best_state is not None and status != "failed":
+        records.save_model(run_dir, t.best_state, len(corpus.vocab), config)
     records.write_json(run_dir / "result.json", result)
+    if status != "failed":  # a failed run is tried again from its checkpoint
+        records.drop_checkpoint(run_dir)
+    log.info("run %s: %s after %d epochs (%s of training); best valid ppl %s, test ppl %s; records in %s",
+             run_dir.name, status, t.epoch, f"{t.wall:,.1f}s",
+             logger.number(result["best_valid_ppl"]), logger.number(result["test_ppl"]), run_dir)
     return result
+
+
+@contextmanager
+def stop_on_signals(trainer):
+    """SIGTERM/SIGINT ask the trainer to checkpoint and stop at the next
+    update; a second SIGINT stops at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def handler(signum, frame):
+        if trainer.stop is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        trainer.stop = signum
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 class Trainer:
     """The mutable state of one run, so that it can be checkpointed whole."""
 
-    def __init__(self, cfg, model, theta, sched, corpus, run_dir, config):
+    def __init__(self, cfg, model, theta, sched, corpus, run_dir, config, metrics=None):
         self.cfg, self.model, self.theta, self.sched = cfg, model, theta, sched
         self.corpus, self.run_dir, self.config = corpus, run_dir, config
+        self.metrics = metrics or logger.NoLogger()
+        self.status, self.stop = None, None  # status: set once the run has ended (diverged)
+        self.updates_per_epoch, self.progress = None, None
         self.core = CORES[cfg.method.name]
         self.epoch, self.history, self.best, self.bad_epochs = 0, [], math.inf, 0
         self.best_state, self.state, self.pos = None, {}, None  # state: the core's, across epochs
@@ -130,7 +222,7 @@ class Trainer:
             "model": self.model.state_dict(), "theta": self.theta.state_dict(),
             "sched": self.sched.state_dict(), "best": self.best, "bad_epochs": self.bad_epochs,
             "best_state": self.best_state, "core_state": self.state,
-            "pos": pos, "wall": self.wall, "rng": torch.get_rng_state(),
+            "pos": pos, "wall": self.wall, "rng": torch.get_rng_state(), "status": self.status,
         })
         self.last_save = time.monotonic()
 
@@ -147,19 +239,36 @@ class Trainer:
         self.wall = ckpt["wall"]
         self.state = to_device(ckpt["core_state"], device)
         self.pos = to_device(ckpt["pos"], device)
-        print(f"{self.run_dir}: resuming at epoch {self.epoch + 1}"
-              + (f", update {self.pos['update']}" if self.pos else ""))
+        self.status = ckpt.get("status")
+        log.info("%s: resuming at epoch %d%s", self.run_dir, self.epoch + 1,
+                 f", update {self.pos['update']}" if self.pos else "")
 
     def on_update(self, pos):
-        if time.monotonic() - self.last_save > self.cfg.train.ckpt_interval_s:
+        self.progress.update(pos)
+        if self.cfg.method.mode != "minibatch":
+            if self.stop is not None:
+                raise Interrupted(self.stop)  # the epoch's start is checkpointed
+            return
+        if self.stop is not None or time.monotonic() - self.last_save > self.cfg.train.ckpt_interval_s:
             pos["elapsed"] = time.perf_counter() - self.epoch_t0  # this epoch's seconds so far
             self.checkpoint(pos)
+            if self.stop is not None:
+                self.pos = pos
+                raise Interrupted(self.stop)
 
     def train_epoch(self):
-        on_update = self.on_update if self.cfg.method.mode == "minibatch" else None
         pos, self.pos = self.pos, None
-        return self.core.train_epoch(self.model, self.theta, self.corpus.train, self.cfg,
-                                     self.state, epoch=self.epoch + 1, pos=pos, on_update=on_update)
+        tokens_done = round(sum(r["tokens_per_s"] * r["seconds"] for r in self.history))
+        self.progress = logger.Progress(
+            self.epoch + 1, pos["update"] if pos else 0, self.updates_per_epoch, self.cfg.method.block_size,
+            self.cfg.train.batch_size, self.cfg.train.get("log_interval_s", 30), self.metrics, tokens_done)
+        try:
+            stats = self.core.train_epoch(self.model, self.theta, self.corpus.train, self.cfg, self.state,
+                                          epoch=self.epoch + 1, pos=pos, on_update=self.on_update)
+        finally:
+            self.progress.close()
+        self.updates_per_epoch = self.progress.update_n or None
+        return stats
 
     def train_ppl(self):
         """SPEC's train_ppl: θ frozen, evaluated like validation over the
@@ -171,7 +280,11 @@ class Trainer:
     def fit(self):
         cfg = self.cfg
         limit = 2 * math.log(len(self.corpus.vocab))  # a mean NLL above this has exploded
+        if self.status is not None:  # ended before a kill; records not yet written
+            return self.status, None
         while self.epoch < cfg.train.max_epochs and self.bad_epochs < cfg.train.patience:
+            if self.stop is not None:
+                raise Interrupted(self.stop)
             self.epoch_t0 = time.perf_counter() - (self.pos or {}).get("elapsed", 0.0)
             try:
                 stats = self.train_epoch()
@@ -188,9 +301,12 @@ class Trainer:
                 row["lam"] = self.state["lam"]
             row.update(stats)
             self.history.append(row)
-            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+            log.info("epoch %d/%d  %s", self.epoch, cfg.train.max_epochs,
+                     logger.fields({k: v for k, v in row.items() if k != "epoch"}))
+            self.metrics.log({k: v for k, v in row.items() if k != "epoch"}, self.epoch, "epoch")
             loss = stats.get("running_nll", stats.get("ce"))  # the method's own objective
             if not math.isfinite(valid_nll) or not (loss < limit):
+                self.status = "diverged"  # in the checkpoint, so that a kill now keeps it
                 self.checkpoint()  # run() writes the metrics
                 return "diverged", None
             if valid_ppl < self.best:
