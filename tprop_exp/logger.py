@@ -99,7 +99,8 @@ class Progress:
         else:
             log.info("epoch %d  update %s  loss %.4f  tokens/s %s", self.epoch,
                      f"{self.update_n:,}", loss, f"{rate:,.0f}")
-        self.metrics.log({"loss": loss, "tokens_per_s": rate}, self.step0 + self.update_n, "train")
+        # step: training tokens so far, counted across epochs (epoch/* scalars use the epoch)
+        self.metrics.log({"loss": loss, "tokens_per_s": rate}, self.step0 + self.update_n * self.tpu, "train")
 
     def close(self):
         if self.bar is not None:
