@@ -156,7 +156,7 @@ def run_locked(cfg, run_dir, config, device, overrides):
     t = Trainer(cfg, model, theta, sched, corpus, run_dir, config, metrics)
     t.resume(records.load_checkpoint(run_dir, config))
     try:
-        with stop_on_signals(t):
+        with stop_on_signals(t), logging_redirect_tqdm():  # log lines above the bar
             status, error = t.fit()
     except Interrupted as e:
         where = f"epoch {t.epoch + 1}" + (f", update {t.pos['update']:,}" if t.pos else "")
