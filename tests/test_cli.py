@@ -8,6 +8,7 @@ shared 2-core machine OpenMP's spinning threads can make each update hundreds
 of times slower (seen: 1 s per update instead of 2 ms).
 """
 import json
+import re
 import math
 import os
 import shutil
@@ -60,7 +61,7 @@ def result(run_dir):
 
 
 def trained_epochs(stdout):
-    return [line for line in stdout.splitlines() if line.startswith("epoch=")]
+    return [line for line in stdout.splitlines() if re.search(r"\] INFO epoch \d+/\d+  train_ppl ", line)]
 
 
 def without_timing(rows):
@@ -151,10 +152,11 @@ def test_test_ppl_is_the_best_state_on_the_test_split(tiny_runs):
     d = tiny_runs["bptt"]["dir"]
     res = result(d)
     cfg = OmegaConf.create(res["config"])
-    ckpt = torch.load(d / "checkpoint.pt", map_location="cpu", weights_only=False)
+    saved = torch.load(d / "model.pt", map_location="cpu", weights_only=True)
     corpus = load_corpus(cfg.dataset, resolve_data_dir(cfg.data_dir))
+    assert saved["vocab_size"] == len(corpus.vocab) and saved["config"] == res["config"]
     model = build_model(cfg.arch, len(corpus.vocab))
-    model.load_state_dict(ckpt["best_state"])
+    model.load_state_dict(saved["state_dict"])
     assert evaluate(model, corpus.test, 4)[1] == pytest.approx(res["test_ppl"], rel=1e-5)
     assert evaluate(model, corpus.valid, 4)[1] == pytest.approx(res["best_valid_ppl"], rel=1e-5)
 
@@ -162,8 +164,9 @@ def test_test_ppl_is_the_best_state_on_the_test_split(tiny_runs):
 def test_finished_run_returns_at_once(tiny_runs):
     run = tiny_runs["admm"]
     d = run["dir"]
-    before = {f: (d / f).read_bytes() for f in ("result.json", "metrics.jsonl", "checkpoint.pt")}
-    mtime = (d / "checkpoint.pt").stat().st_mtime_ns
+    assert not (d / "checkpoint.pt").exists()  # a finished run keeps model.pt only
+    before = {f: (d / f).read_bytes() for f in ("result.json", "metrics.jsonl", "model.pt")}
+    mtime = (d / "model.pt").stat().st_mtime_ns
     p, seconds = cli(run["args"], run["cwd"])
     ok(p)
     assert "nothing to do" in p.stdout
@@ -171,7 +174,7 @@ def test_finished_run_returns_at_once(tiny_runs):
     assert trained_epochs(run["proc"].stdout)  # the first time, it did print its epochs
     for f, content in before.items():
         assert (d / f).read_bytes() == content, f
-    assert (d / "checkpoint.pt").stat().st_mtime_ns == mtime
+    assert (d / "model.pt").stat().st_mtime_ns == mtime
     assert seconds < run["seconds"], (seconds, run["seconds"])
 
 

@@ -7,6 +7,7 @@ and exit status 2, before anything is written (checks.py). In a sweep (-m),
 a cell with bad input is recorded as `invalid`, a run that crashes as
 `failed`, and the sweep goes on.
 """
+import math
 import os
 import sys
 import traceback
@@ -51,18 +52,20 @@ def main(cfg: DictConfig):
     multirun = hc.mode == RunMode.MULTIRUN
     try:
         schema.validate(cfg)  # checked before already; other launch paths land here too
-        return train.run(cfg, run_dir, overrides=hc.overrides.task)
+        result = train.run(cfg, run_dir, overrides=hc.overrides.task, job_num=hc.job.num if multirun else 0)
+        return train.objective(result)  # what a sweeper (Optuna) minimises: best validation perplexity
     except UserError as e:  # exit here, before Hydra adds lines of its own
         if multirun:  # e.g. a data file missing for this cell only: the sweep goes on
             print(f"{run_dir}: invalid: {e}", file=sys.stderr)
-            return record(cfg, run_dir, hc, "invalid", str(e), write=not (run_dir / "result.json").exists())
+            record(cfg, run_dir, hc, "invalid", str(e), write=not (run_dir / "result.json").exists())
+            return math.inf
         print(f"tprop_exp: error: {e}", file=sys.stderr)
         sys.exit(2)
     except Exception as e:  # a crash: record it; a sweep goes on with the next run
-        result = record(cfg, run_dir, hc, "failed", f"{type(e).__name__}: {e}".splitlines()[0])
+        record(cfg, run_dir, hc, "failed", f"{type(e).__name__}: {e}".splitlines()[0])
         if multirun:
             traceback.print_exc()
-            return result
+            return math.inf
         raise
 
 

@@ -14,7 +14,6 @@ The trainer's interface, shared with btprop: `train_epoch(model, theta,
 stream, cfg, state, epoch)` and `end_epoch(state, cfg)`.
 """
 import torch
-from tqdm import tqdm
 
 from . import UserError
 from .data import batchify, windows
@@ -42,7 +41,7 @@ def train_epoch(model, theta, stream, cfg, state, epoch=1, pos=None, on_update=N
     model.train()
     if mode == "batch":
         theta.zero_grad()
-    for i in tqdm(range(start, nw), desc="bptt", leave=False, disable=None, mininterval=2):
+    for i in range(start, nw):  # progress: the trainer, through on_update
         logits, h = model(x[i], h)
         loss = token_nll(logits, y[i]).mean()
         nll_sum += loss.detach().double()

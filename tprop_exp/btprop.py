@@ -38,7 +38,6 @@ dual step, so the duals act on every joint step after the first.
 from dataclasses import dataclass
 
 import torch
-from tqdm import tqdm
 
 from . import UserError
 from .data import windows
@@ -282,7 +281,7 @@ def train_epoch(model, theta, stream, cfg, state, epoch=1, pos=None, on_update=N
         i0 = pos["update"] if pos else 0
         carry = pos["carry"] if pos else h0
         sums = pos["sums"] if pos else None
-        for k in tqdm(range(i0, len(starts)), desc="btprop", leave=False, disable=None, mininterval=2):
+        for k in range(i0, len(starts)):  # progress: the trainer, through on_update
             xb, yb = x[:, starts[k]:starts[k] + B], y[:, starts[k]:starts[k] + B]
             u = torch.zeros(xb.shape[1] - 1, model.state_size, dtype=h0.dtype, device=device)
             S = Blocks(xb, yb, init_states(model, xb, carry, m.init), u, lam, m.chunk_blocks)

@@ -1,11 +1,20 @@
-"""Run records (SPEC §3): metrics.jsonl, result.json, checkpoints, provenance.
+"""Run records (SPEC §3): metrics.jsonl, result.json, checkpoints, model.pt, provenance.
 
 Everything is written atomically (a temporary file, then os.replace), so a
 killed run never leaves half a file behind. A run's folder is named by a hash
 of its identity (schema.identity: the resolved config less the keys that do
 not change what it computes), so asking for the same run twice finds the same
-folder, which resumes or returns at once.
+folder, which resumes or returns at once. The temporary files of a kill
+during a write are removed when the run starts again (`remove_partial`).
+
+Non-finite floats are written as null (every JSON reader accepts them);
+configs are compared after the same mapping, so a config holding inf is the
+same run when it comes back from result.json.
+
+Failures to read or write a record (disk full, a read-only folder, a damaged
+file) become one UserError line naming the file and the cause.
 """
+import errno
 import json
 import math
 import os
@@ -23,19 +32,40 @@ from . import UserError, __version__, schema
 # What result.json reports of a run's training (SPEC §3), beside config and provenance.
 RESULT_FIELDS = ("best_valid_ppl", "test_ppl", "train_ppl", "epochs", "wall_s", "train_tokens_per_s")
 
+# The files a run writes atomically; `.NAME.*` beside them are left-overs of a kill.
+RECORDS = ("checkpoint.pt", "model.pt", "result.json", "metrics.jsonl")
+CHECKPOINT_KEYS = ("config", "epoch", "history", "model", "theta", "sched")
+
 
 def atomic_write(path, write):
     """Call write(file_object) on a temporary file, then move it into place."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as e:
+        raise write_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; records are for everyone to read
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) or isinstance(e.__cause__, OSError):  # torch.save wraps OSError
+            raise write_error(path, e if isinstance(e, OSError) else e.__cause__) from None
         raise
+
+
+def write_error(path, e):
+    cause = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+    return UserError(f"cannot write {path}: {cause}")
+
+
+def remove_partial(run_dir):
+    """Delete the temporary files that a kill during a write left behind."""
+    for name in RECORDS:
+        for tmp in Path(run_dir).glob(f".{name}.*"):
+            tmp.unlink(missing_ok=True)
 
 
 def write_text_atomic(path, text):
@@ -69,20 +99,45 @@ def save_checkpoint(run_dir, ckpt):
 
 
 def load_checkpoint(run_dir, config):
-    import torch
     path = Path(run_dir) / "checkpoint.pt"
     if not path.exists():
         return None
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:
-        raise UserError(f"checkpoint {path} is unreadable; delete it to start the run afresh")
+    ckpt = load_torch(path, "checkpoint")
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise UserError(f"checkpoint {path} has no {', '.join(missing)}; delete it to start the run afresh")
     check_same_config(ckpt["config"], config, path)
     return ckpt
 
 
+def load_torch(path, what):
+    """A torch file that must hold a dict; anything else is one clear line."""
+    import torch
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        cause = (e.strerror if isinstance(e, OSError) else str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise UserError(f"{what} {path} is unreadable ({cause}); delete it to start the run afresh") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{what} {path} is not a {what} (a {type(obj).__name__}, not a dict); "
+                        "delete it to start the run afresh")
+    return obj
+
+
+def save_model(run_dir, state_dict, vocab_size, config):
+    """The run's best model as a plain state_dict, with what rebuilds it."""
+    import torch
+    atomic_write(Path(run_dir) / "model.pt", lambda f: torch.save(
+        {"state_dict": state_dict, "vocab_size": vocab_size, "config": config}, f))
+
+
+def drop_checkpoint(run_dir):
+    """A finished run needs no optimizer or mid-run state."""
+    (Path(run_dir) / "checkpoint.pt").unlink(missing_ok=True)
+
+
 def check_same_config(old, new, path):
-    diff = schema.differences(old, new)
+    diff = schema.differences(finite(old), finite(new))  # as result.json stores them
     if diff:
         shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
         raise UserError(f"{path} belongs to a run with a different config ({shown}); "
@@ -91,20 +146,15 @@ def check_same_config(old, new, path):
 
 def existing_config(run_dir):
     """The config of the run recorded in run_dir (result.json, else checkpoint.pt), or None."""
-    import torch
     run_dir = Path(run_dir)
     try:
         result = json.loads((run_dir / "result.json").read_text())
-        if isinstance(result.get("config"), dict):
+        if isinstance(result, dict) and isinstance(result.get("config"), dict):
             return result["config"]
     except (OSError, ValueError):
         pass
     if (run_dir / "checkpoint.pt").exists():
-        try:
-            return torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)["config"]
-        except Exception:
-            raise UserError(f"checkpoint {run_dir / 'checkpoint.pt'} is unreadable; "
-                            "delete it to start the run afresh")
+        return load_torch(run_dir / "checkpoint.pt", "checkpoint").get("config")
     return None
 
 
@@ -117,6 +167,11 @@ def finished_result(run_dir, config):
         result = json.loads(path.read_text())
     except ValueError:
         return None  # a foreign or damaged file: run again
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+    if not isinstance(result, dict):
+        raise UserError(f"{path} is not a run's result (a JSON {type(result).__name__}, not an object); "
+                        "delete it to run again")
     check_same_config(result.get("config", {}), config, path)
     if result.get("status") == "failed":
         return None  # a crash (out of memory, say) is tried again, from its checkpoint

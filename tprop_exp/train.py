@@ -5,16 +5,25 @@
 Checkpoints (plain state_dicts) are written at the end of every epoch and,
 in mini-batch mode, every `train.ckpt_interval_s` seconds within one, so a
 killed run started again resumes where it was and ends exactly as one never
-interrupted. A finished run returns its result at once.
+interrupted. SIGTERM and SIGINT save a checkpoint at the next update and
+exit (status 128 + the signal's number). A run that ends keeps its best model
+in model.pt and drops the checkpoint; started again, it returns at once.
+The run folder is locked (filelock) while a run owns it.
 """
 import functools
+import logging
 import math
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
+import filelock
 import torch
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import UserError, bptt, btprop, distributed, optim, records
+from . import UserError, bptt, btprop, distributed, logger, optim, records
 from .data import load_corpus, resolve_data_dir
 from .evaluation import evaluate
 from .models import PRECISIONS, build_model
@@ -22,11 +31,16 @@ from .models import PRECISIONS, build_model
 # The training core of each method: train_epoch(...) and end_epoch(state, cfg).
 CORES = {"bptt": bptt, "penalty": btprop, "admm": btprop, "alm": btprop}
 METHODS = tuple(CORES)
+log = logging.getLogger("tprop_exp")
 
 
-def pick_device(name):
+def pick_device(name, job_num=0):
+    """`auto`: a GPU if there is one; parallel jobs of a sweep take one GPU each."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        n = torch.cuda.device_count()
+        return torch.device(f"cuda:{job_num % n}" if n > 1 else "cuda")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"train.device={name} but no CUDA device is available")
     try:
@@ -35,14 +49,48 @@ def pick_device(name):
         raise UserError(f"train.device must be auto, cpu or cuda[:N], got {name!r}")
 
 
-def run(cfg, run_dir, overrides=()):
+def objective(result):
+    """What a sweeper minimises: the best validation perplexity; inf when
+    the run did not complete or has none."""
+    if result.get("status") != "completed" or result.get("best_valid_ppl") is None:
+        return math.inf
+    return float(result["best_valid_ppl"])
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT arrived; the checkpoint is saved."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def run(cfg, run_dir, overrides=(), job_num=0):
     run_dir = Path(run_dir)
     config = records.resolved_config(cfg)
     done = records.finished_result(run_dir, config)
     if done is not None:
-        print(f"{run_dir}: already {done['status']}; nothing to do")
+        log.info("%s: already %s; nothing to do", run_dir, done["status"])
         return done
-    device = pick_device(cfg.train.device)
+    device = pick_device(cfg.train.device, job_num)
+    if distributed.environment()[0] != 0:  # the lead process holds the folder for them all
+        return run_locked(cfg, run_dir, config, device, overrides)
+    lock = filelock.FileLock(run_dir / ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        raise UserError(f"{run_dir} is in use by another run (it holds {lock.lock_file}); "
+                        "wait for that run to end") from None
+    except OSError as e:
+        raise records.write_error(run_dir / ".lock", e) from None
+    try:
+        records.remove_partial(run_dir)
+        return run_locked(cfg, run_dir, config, device, overrides)
+    finally:
+        lock.release()
+
+
+def run_locked(cfg, run_dir, config, device, overrides):
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     corpus = load_corpus(cfg.dataset, resolve_data_dir(cfg.data_dir))
@@ -50,6 +98,8 @@ def run(cfg, run_dir, overrides=()):
         corpus.train = corpus.train[:cfg.train.train_tokens]
     distributed.check(cfg, len(corpus.train), distributed.environment()[1])
     comm, device = distributed.init(device)  # (None, device) for a single process
+    if comm is not None and comm.rank != 0:
+        log.setLevel(logging.WARNING)  # the lead process reports for them all
     torch.manual_seed(cfg.train.seed)
     dtype = getattr(torch, cfg.train.dtype)
     model = build_model(cfg.arch, len(corpus.vocab)).to(device=device, dtype=dtype)
@@ -62,24 +112,72 @@ def run(cfg, run_dir, overrides=()):
     # Shrink the learning rate when validation stops improving (patience 0).
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(theta.opt, factor=cfg.train.lr_decay, patience=0)
     prov = records.provenance(device, overrides)
-    t = Trainer(cfg, model, theta, sched, corpus, run_dir, config, comm)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("run %s: method %s (%s), %s %s, %s parameters, on %s; tokens: train %s, valid %s, test %s, vocab %s",
+             run_dir, cfg.method.name, cfg.method.mode, cfg.arch.cell, cfg.arch.hidden_size,
+             f"{n_params:,}", prov["device"], f"{len(corpus.train):,}", f"{len(corpus.valid):,}",
+             f"{len(corpus.test):,}", f"{len(corpus.vocab):,}")
+    metrics = logger.build(cfg.get("logger"), run_dir, config) if comm is None or comm.rank == 0 \
+        else logger.NoLogger()
+    t = Trainer(cfg, model, theta, sched, corpus, run_dir, config, metrics, comm)
     t.resume(distributed.load(comm, run_dir, config))
-    status, error = t.fit()
+    try:
+        with stop_on_signals(t), logging_redirect_tqdm():  # log lines above the bar
+            status, error = t.fit()
+    except Interrupted as e:
+        where = f"epoch {t.epoch + 1}" + (f", update {t.pos['update']:,}" if t.pos else "")
+        log.warning("%s: stopped by %s in %s; checkpoint saved, the run resumes when started again",
+                    run_dir, e, where)
+        raise SystemExit(128 + e.signum)
+    finally:
+        metrics.close()
     result = t.result(status, prov)
     if error:
         result["error"] = error
-    if t.lead:
-        records.write_metrics(run_dir, t.history)  # final: also a diverged run, or a resumed one with nothing left
-        records.write_json(run_dir / "result.json", result)
+    if not t.lead:
+        return result
+    records.write_metrics(run_dir, t.history)  # final: also a diverged run, or a resumed one with nothing left
+    if t.best_state is not None and status != "failed":
+        records.save_model(run_dir, t.best_state, len(corpus.vocab), config)
+    records.write_json(run_dir / "result.json", result)
+    if status != "failed":  # a failed run is tried again from its checkpoint
+        records.drop_checkpoint(run_dir)
+    log.info("run %s: %s after %d epochs (%s of training); best valid ppl %s, test ppl %s; records in %s",
+             run_dir.name, status, t.epoch, f"{t.wall:,.1f}s",
+             logger.number(result["best_valid_ppl"]), logger.number(result["test_ppl"]), run_dir)
     return result
+
+
+@contextmanager
+def stop_on_signals(trainer):
+    """SIGTERM/SIGINT ask the trainer to checkpoint and stop at the next
+    update; a second SIGINT stops at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def handler(signum, frame):
+        if trainer.stop is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        trainer.stop = signum
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 class Trainer:
     """The mutable state of one run, so that it can be checkpointed whole."""
 
-    def __init__(self, cfg, model, theta, sched, corpus, run_dir, config, comm=None):
+    def __init__(self, cfg, model, theta, sched, corpus, run_dir, config, metrics=None, comm=None):
         self.cfg, self.model, self.theta, self.sched = cfg, model, theta, sched
         self.corpus, self.run_dir, self.config = corpus, run_dir, config
+        self.metrics = metrics or logger.NoLogger()
+        self.status, self.stop = None, None  # status: set once the run has ended (diverged)
+        self.updates_per_epoch, self.progress = None, None
         self.core = CORES[cfg.method.name] if comm is None else distributed.Core(comm, cfg.method.name)
         self.comm, self.lead = comm, comm is None or comm.rank == 0  # the lead process writes records
         self.epoch, self.history, self.best, self.bad_epochs = 0, [], math.inf, 0
@@ -94,7 +192,7 @@ class Trainer:
             "model": self.model.state_dict(), "theta": self.theta.state_dict(),
             "sched": self.sched.state_dict(), "best": self.best, "bad_epochs": self.bad_epochs,
             "best_state": self.best_state, "core_state": self.state,
-            "pos": pos, "wall": self.wall, "rng": torch.get_rng_state(),
+            "pos": pos, "wall": self.wall, "rng": torch.get_rng_state(), "status": self.status,
         })
         self.last_save = time.monotonic()
 
@@ -111,23 +209,40 @@ class Trainer:
         self.wall = ckpt["wall"]
         self.state = to_device(ckpt["core_state"], device)
         self.pos = to_device(ckpt["pos"], device)
-        if self.lead:
-            print(f"{self.run_dir}: resuming at epoch {self.epoch + 1}"
-                  + (f", update {self.pos['update']}" if self.pos else ""))
+        self.status = ckpt.get("status")
+        log.info("%s: resuming at epoch %d%s", self.run_dir, self.epoch + 1,
+                 f", update {self.pos['update']}" if self.pos else "")
 
     def on_update(self, pos):
-        due = time.monotonic() - self.last_save > self.cfg.train.ckpt_interval_s
-        if self.comm is not None:
-            due = self.comm.decide(due)  # all processes take part in a checkpoint
+        self.progress.update(pos)
+        if self.cfg.method.mode != "minibatch":
+            if self.stop is not None:
+                raise Interrupted(self.stop)  # the epoch's start is checkpointed
+            return
+        stop = self.stop is not None
+        due = stop or time.monotonic() - self.last_save > self.cfg.train.ckpt_interval_s
+        if self.comm is not None:  # every process takes part in a checkpoint, and stops together
+            due, stop = self.comm.decide(due), self.comm.decide(stop)
         if due:
             pos["elapsed"] = time.perf_counter() - self.epoch_t0  # this epoch's seconds so far
             self.checkpoint(pos)
+            if stop:
+                self.pos = pos
+                raise Interrupted(self.stop or signal.SIGTERM)
 
     def train_epoch(self):
-        on_update = self.on_update if self.cfg.method.mode == "minibatch" else None
         pos, self.pos = self.pos, None
-        return self.core.train_epoch(self.model, self.theta, self.corpus.train, self.cfg,
-                                     self.state, epoch=self.epoch + 1, pos=pos, on_update=on_update)
+        tokens_done = round(sum(r["tokens_per_s"] * r["seconds"] for r in self.history))
+        self.progress = logger.Progress(
+            self.epoch + 1, pos["update"] if pos else 0, self.updates_per_epoch, self.cfg.method.block_size,
+            self.cfg.train.batch_size, self.cfg.train.get("log_interval_s", 30), self.metrics, tokens_done)
+        try:
+            stats = self.core.train_epoch(self.model, self.theta, self.corpus.train, self.cfg, self.state,
+                                          epoch=self.epoch + 1, pos=pos, on_update=self.on_update)
+        finally:
+            self.progress.close()
+        self.updates_per_epoch = self.progress.update_n or None
+        return stats
 
     def train_ppl(self):
         """SPEC's train_ppl: θ frozen, evaluated like validation over the
@@ -139,7 +254,11 @@ class Trainer:
     def fit(self):
         cfg = self.cfg
         limit = 2 * math.log(len(self.corpus.vocab))  # a mean NLL above this has exploded
+        if self.status is not None:  # ended before a kill; records not yet written
+            return self.status, None
         while self.epoch < cfg.train.max_epochs and self.bad_epochs < cfg.train.patience:
+            if self.stop is not None:
+                raise Interrupted(self.stop)
             self.epoch_t0 = time.perf_counter() - (self.pos or {}).get("elapsed", 0.0)
             try:
                 stats = self.train_epoch()
@@ -156,10 +275,12 @@ class Trainer:
                 row["lam"] = self.state["lam"]
             row.update(stats)
             self.history.append(row)
-            if self.lead:
-                print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+            log.info("epoch %d/%d  %s", self.epoch, cfg.train.max_epochs,
+                     logger.fields({k: v for k, v in row.items() if k != "epoch"}))
+            self.metrics.log({k: v for k, v in row.items() if k != "epoch"}, self.epoch, "epoch")
             loss = stats.get("running_nll", stats.get("ce"))  # the method's own objective
             if not math.isfinite(valid_nll) or not (loss < limit):
+                self.status = "diverged"  # in the checkpoint, so that a kill now keeps it
                 self.checkpoint()  # run() writes the metrics
                 return "diverged", None
             if valid_ppl < self.best:
@@ -169,8 +290,7 @@ class Trainer:
                 self.bad_epochs += 1
             self.sched.step(valid_nll)
             self.core.end_epoch(self.state, cfg)
-            if self.lead:
-                records.write_metrics(self.run_dir, self.history)
+            records.write_metrics(self.run_dir, self.history)
             self.checkpoint()
         return "completed", None
 

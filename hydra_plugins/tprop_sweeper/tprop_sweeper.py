@@ -6,6 +6,7 @@ recorded as `invalid` (result.json in its own folder, with the message) and
 left out; the others run. At the end one line counts the outcomes, and the
 command exits with status 1 when any run did not complete.
 """
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,17 @@ class TpropSweeperConf:
 
 ConfigStore.instance().store(group="hydra/sweeper", name="tprop", node=TpropSweeperConf,
                              provider="tprop_exp")
+
+
+def job_status(job):
+    """A launched cell's status, from the result.json its run wrote (the task
+    function returns a float objective, for sweepers such as Optuna's)."""
+    try:
+        job.return_value  # raises what the job raised past the task function
+        path = Path(job.hydra_cfg.hydra.runtime.output_dir) / "result.json"
+        return json.loads(path.read_text()).get("status", "failed")
+    except Exception:
+        return "failed"
 
 
 class TpropSweeper(BasicSweeper):
@@ -57,10 +69,7 @@ class TpropSweeper(BasicSweeper):
                 job_idx += len(batch)
                 returns.append(results)
                 for r in results:
-                    try:
-                        status = (r.return_value or {}).get("status", "failed")
-                    except Exception:  # the job raised past the task function
-                        status = "failed"
+                    status = job_status(r)
                     counts[status if status in counts else "failed"] += 1
         print("sweep: " + " / ".join(f"{n} {s}" for s, n in counts.items()), flush=True)
         if sum(counts.values()) != counts["completed"]:

@@ -1,0 +1,225 @@
+"""What a run tells the people watching it: log lines, a progress bar, metric loggers.
+
+Log lines go through stdlib logging, configured by Hydra's job logging
+(conf/hydra/job_logging/tprop.yaml): the console and `<run dir>/<job>.log`,
+each line labelled with the run (`Formatter`), so the lines of parallel runs
+can be told apart.
+
+`Progress` follows the updates of one epoch: a tqdm bar on a terminal, a log
+line every `train.log_interval_s` seconds elsewhere (SLURM, joblib, a pipe).
+The cores hand back device tensors; the running loss is read (a host sync)
+only when the interval has passed, never at every update.
+
+Metric loggers (`logger=` config group): none, csv, tensorboard, wandb,
+mlflow. Each gets the per-epoch rows of metrics.jsonl and the per-interval
+training scalars; the optional ones are imported only when chosen.
+"""
+import csv
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from . import UserError
+
+log = logging.getLogger("tprop_exp")
+
+
+class Formatter(logging.Formatter):
+    """Adds `run_label` to every record: the run folder's name (shortened),
+    after the job's number in a sweep."""
+
+    def __init__(self, fmt=None, datefmt=None):
+        super().__init__(fmt, datefmt)
+        self.label = run_label()
+
+    def format(self, record):
+        record.run_label = self.label
+        return super().format(record)
+
+
+def run_label():
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+        hc = HydraConfig.get()
+    except (ImportError, ValueError):
+        return "-"
+    name = Path(hc.runtime.output_dir).name
+    if len(name) > 32:
+        name = f"{name[:15]}…{name[-15:]}"
+    return f"{hc.job.num}:{name}" if hc.mode == RunMode.MULTIRUN else name
+
+
+def number(v):
+    """Readable numbers: 39,390 rather than 3.939e+04."""
+    if isinstance(v, bool) or not isinstance(v, float):
+        return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
+    if not math.isfinite(v):
+        return str(v)
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    if v == 0 or abs(v) >= 1e-3:
+        return f"{v:.4g}"
+    return f"{v:.2e}"
+
+
+def fields(row):
+    return "  ".join(f"{k} {number(v)}" for k, v in row.items())
+
+
+class Progress:
+    """One epoch's updates: call `update(pos)` after each (pos from the core)."""
+
+    def __init__(self, epoch, start, total, block_size, batch_size, interval_s, metrics, step0):
+        self.epoch, self.update_n, self.B = epoch, start, batch_size
+        self.tpu = block_size * batch_size  # tokens per update, BPTT and BTPROP alike
+        self.interval, self.metrics, self.step0 = interval_s, metrics, step0
+        self.t_last, self.n_last = time.monotonic(), start
+        self.bar = None
+        if sys.stderr.isatty():
+            self.bar = tqdm(total=total, initial=start, desc=f"epoch {epoch}", leave=False,
+                            unit="upd", dynamic_ncols=True)
+
+    def update(self, pos):
+        self.update_n = pos["update"]
+        if self.bar is not None:
+            self.bar.update(self.update_n - self.bar.n)
+        now = time.monotonic()
+        if now - self.t_last < self.interval:
+            return  # no host sync between intervals
+        loss = running_loss(pos, self.B)
+        rate = (self.update_n - self.n_last) * self.tpu / (now - self.t_last)
+        self.t_last, self.n_last = now, self.update_n
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"loss {loss:.4f}  tokens/s {rate:,.0f}")
+        else:
+            log.info("epoch %d  update %s  loss %.4f  tokens/s %s", self.epoch,
+                     f"{self.update_n:,}", loss, f"{rate:,.0f}")
+        # step: training tokens so far, counted across epochs (epoch/* scalars use the epoch)
+        self.metrics.log({"loss": loss, "tokens_per_s": rate}, self.step0 + self.update_n * self.tpu, "train")
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def running_loss(pos, batch_size):
+    """The epoch's running loss so far, from the pos dict a core hands on_update:
+    BPTT's NLL summed over windows, BTPROP's CE summed over blocks (B per update)."""
+    if "nll_sum" in pos:
+        return pos["nll_sum"].item() / pos["update"]
+    return float(pos["sums"]["ce"]) / (pos["update"] * batch_size)
+
+
+# --- metric loggers ------------------------------------------------------------
+
+class NoLogger:
+    def log(self, scalars, step, prefix):
+        pass
+
+    def close(self):
+        pass
+
+
+class CSVLogger(NoLogger):
+    """`<run dir>/scalars.csv`, one row per value: step, name, value."""
+
+    def __init__(self, run_dir):
+        path = Path(run_dir) / "scalars.csv"
+        new = not path.exists()
+        self.f = open(path, "a", newline="")
+        self.w = csv.writer(self.f)
+        if new:
+            self.w.writerow(["step", "name", "value"])
+
+    def log(self, scalars, step, prefix):
+        for k, v in scalars.items():
+            self.w.writerow([step, f"{prefix}/{k}", v])
+        self.f.flush()
+
+    def close(self):
+        self.f.close()
+
+
+class TensorBoardLogger(NoLogger):
+    """Event files in `<run dir>/tensorboard`."""
+
+    def __init__(self, run_dir):
+        from torch.utils.tensorboard import SummaryWriter
+        self.w = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+
+    def log(self, scalars, step, prefix):
+        for k, v in scalars.items():
+            self.w.add_scalar(f"{prefix}/{k}", v, step)
+
+    def close(self):
+        self.w.close()
+
+
+class WandbLogger(NoLogger):
+    def __init__(self, run_dir, cfg, config):
+        import wandb
+        self.wandb = wandb
+        self.run = wandb.init(project=cfg.get("project"), entity=cfg.get("entity"), mode=cfg.get("mode"),
+                              name=Path(run_dir).name, dir=str(run_dir), config=config,
+                              id=cfg.get("id"), resume="allow")
+
+    def log(self, scalars, step, prefix):
+        self.run.log({f"{prefix}/{k}": v for k, v in scalars.items()}, step=step)
+
+    def close(self):
+        self.run.finish()
+
+
+class MLflowLogger(NoLogger):
+    def __init__(self, run_dir, cfg, config):
+        import mlflow
+        self.mlflow = mlflow
+        if cfg.get("tracking_uri"):
+            mlflow.set_tracking_uri(cfg.tracking_uri)
+        mlflow.set_experiment(cfg.get("experiment") or "tprop_exp")
+        mlflow.start_run(run_name=Path(run_dir).name)
+        mlflow.log_params(flat(config))
+
+    def log(self, scalars, step, prefix):
+        self.mlflow.log_metrics({f"{prefix}/{k}": v for k, v in scalars.items()}, step=step)
+
+    def close(self):
+        self.mlflow.end_run()
+
+
+def flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+EXTRAS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def build(cfg, run_dir, config):
+    """The metric logger that `logger.name` names (cfg: the logger group, or None)."""
+    name = "none" if cfg is None else cfg.name
+    try:
+        if name == "none":
+            return NoLogger()
+        if name == "csv":
+            return CSVLogger(run_dir)
+        if name == "tensorboard":
+            return TensorBoardLogger(run_dir)
+        if name == "wandb":
+            return WandbLogger(run_dir, cfg, config)
+        if name == "mlflow":
+            return MLflowLogger(run_dir, cfg, config)
+    except ImportError:
+        raise UserError(f"logger={name} needs the {EXTRAS[name]} package: "
+                        f"pip install 'tprop_exp[{EXTRAS[name]}]'") from None
+    raise UserError(f"logger.name must be one of none, csv, tensorboard, wandb, mlflow, got {name!r}")
