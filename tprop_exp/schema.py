@@ -12,7 +12,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -53,6 +53,7 @@ class TrainConf:
     train_tokens: Optional[int] = None
     train_eval_tokens: Optional[int] = 100000
     ckpt_interval_s: float = volatile(600.0)
+    log_interval_s: float = volatile(30.0)
 
 
 @dataclass
@@ -147,6 +148,7 @@ class Config:
     arch: ArchConf = field(default_factory=ArchConf)
     method: MethodConf = field(default_factory=MethodConf)
     train: TrainConf = field(default_factory=TrainConf)
+    logger: Any = volatile(None)  # conf/logger: where metrics go; never what a run computes
 
 
 ConfigStore.instance().store(name="config_schema", node=Config)
@@ -202,6 +204,7 @@ def validate(cfg):
         positive(f"train.{key}", t[key], optional=True)
     at_least("train.clip", t.clip, 0)
     at_least("train.ckpt_interval_s", t.ckpt_interval_s, 0)
+    at_least("train.log_interval_s", t.log_interval_s, 0)
     if not (math.isfinite(t.lr_decay) and 0 < t.lr_decay <= 1):
         _bad("train.lr_decay", t.lr_decay, "a number in (0, 1]")
     choice("train.optimizer", t.optimizer, OPTIMIZERS)
