@@ -183,6 +183,7 @@ def test_a_locked_folder_is_refused(tmp_path):
     assert p.returncode == 2
     assert p.stderr.strip().count("\n") == 0 and "in use by another run" in p.stderr
     assert not any((d / f).exists() for f in records.RECORDS)
+    assert sorted(f.name for f in d.iterdir()) == [".lock"]  # refused before Hydra wrote .hydra/ or a log
 
 
 # ------------------------------------------------------------------- signals

@@ -10,6 +10,7 @@
 - `describe` turns any Hydra or OmegaConf error into one line.
 """
 import hashlib
+import os
 import re
 import sys
 from pathlib import Path
@@ -96,7 +97,9 @@ def refuse(e):
 def check(root, run_dir=None):
     """Validate a composed config; if run_dir holds a run, it must be this one."""
     schema.validate(root)
-    if run_dir is not None:
+    if run_dir is not None and run_dir.is_dir():
+        if os.environ.get("RANK", "0") == "0":  # a distributed run's lead holds the lock for all
+            records.lock_run(run_dir).release()  # refused here, before Hydra rewrites .hydra/
         old = records.existing_config(run_dir)
         if old is not None:
             records.check_same_config(old, task_config(root), run_dir)

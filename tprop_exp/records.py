@@ -131,6 +131,21 @@ def save_model(run_dir, state_dict, vocab_size, config):
         {"state_dict": state_dict, "vocab_size": vocab_size, "config": config}, f))
 
 
+def lock_run(run_dir):
+    """Take the run folder's lock (released by the caller), or refuse in one line."""
+    import filelock
+
+    lock = filelock.FileLock(Path(run_dir) / ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        raise UserError(f"{run_dir} is in use by another run (it holds {lock.lock_file}); "
+                        "wait for that run to end") from None
+    except OSError as e:
+        raise write_error(Path(run_dir) / ".lock", e) from None
+    return lock
+
+
 def drop_checkpoint(run_dir):
     """A finished run needs no optimizer or mid-run state."""
     (Path(run_dir) / "checkpoint.pt").unlink(missing_ok=True)

@@ -19,7 +19,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import filelock
 import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -75,14 +74,7 @@ def run(cfg, run_dir, overrides=(), job_num=0):
     device = pick_device(cfg.train.device, job_num)
     if distributed.environment()[0] != 0:  # the lead process holds the folder for them all
         return run_locked(cfg, run_dir, config, device, overrides)
-    lock = filelock.FileLock(run_dir / ".lock")
-    try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
-        raise UserError(f"{run_dir} is in use by another run (it holds {lock.lock_file}); "
-                        "wait for that run to end") from None
-    except OSError as e:
-        raise records.write_error(run_dir / ".lock", e) from None
+    lock = records.lock_run(run_dir)
     try:
         records.remove_partial(run_dir)
         return run_locked(cfg, run_dir, config, device, overrides)
