@@ -100,24 +100,22 @@ def objective(model, S, backward=None):
 
 
 @torch.no_grad()
-def forward_init(model, x, h1):
+def forward_init(model, x, h1, stretch=4096):
     """H_1 = h1, H_{b+1} = F_b(H_b): one sequential pass with the current θ.
 
-    The blocks of x are consecutive in the stream. For a one-layer RNN or GRU
-    the state is the output, so one call over all n·K steps gives every H_b;
-    otherwise (LSTM's c, lower layers) we step block by block.
+    The blocks of x are consecutive in the stream, so the pass is the plain
+    recurrence over the stream, read at block ends (model.states_every: no
+    step per block, every cell and depth). It runs in stretches of `stretch`
+    blocks, carrying the state, which bounds memory only.
     """
-    n, K = x.shape[1], x.shape[0]
-    if model.cell != "lstm" and model.num_layers == 1:
-        with model.autocast():
-            out, _ = model.rnn(model.embed(x.t().reshape(-1, 1)), model.unflat_state(h1))
-        return torch.cat([h1, out[K - 1:(n - 1) * K:K, 0].to(h1.dtype)])
+    K, n = x.shape
     H = torch.empty(n, model.state_size, dtype=h1.dtype, device=h1.device)
     H[0] = h1[0]
     state = model.unflat_state(h1)
-    for b in range(n - 1):
-        state = model.final_state(x[:, b:b + 1], state)
-        H[b + 1] = model.flat_state(state)[0]
+    for i in range(0, n - 1, stretch):
+        j = min(i + stretch, n - 1)  # the last block's end state is no H
+        ends, state = model.states_every(x[:, i:j].t().reshape(-1, 1), state, K)
+        H[i + 1:j + 1] = ends
     return H
 
 
