@@ -66,15 +66,17 @@ class LanguageModel(nn.Module):
 
     @torch.no_grad()
     def states_every(self, tokens, state, K):
-        """One stream: tokens (T, 1), state -> its flattened state after steps
-        K, 2K, ..., (T//K)K, shape (T//K, state_size), and the final state.
+        """One stream of whole blocks: tokens (T, 1), T a multiple of K, state
+        -> its flattened state after steps K, 2K, ..., T, shape (T/K,
+        state_size), and the final state.
 
         Every layer runs over all T steps in one call of a one-layer module
         with that layer's weights, so every layer's h comes back at every
         step. An LSTM's c_t (which the module does not return per step) is
         recovered from the gates, f, i, g = σ, σ, tanh of
         W_ih x_t + b_ih + W_hh h_{t-1} + b_hh, as the linear recurrence
-        c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t, solved by a parallel scan.
+        c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t: composed over each block's K steps
+        (all blocks at once), then across blocks by a parallel scan.
         """
         L, lstm = self.num_layers, self.cell == "lstm"
         h0, c0 = state if lstm else (state, None)
@@ -93,9 +95,13 @@ class LanguageModel(nn.Module):
                     gates = F.linear(inp, w["weight_ih_l0"], w["bias_ih_l0"]) \
                         + F.linear(h_prev, w["weight_hh_l0"], w["bias_hh_l0"])
                     i, f, g, _ = gates[:, 0].to(s0[1].dtype).chunk(4, 1)  # torch's gate order
-                    c = linear_scan(torch.sigmoid(f), torch.sigmoid(i) * torch.tanh(g), s0[1][0, 0])
+                    a = torch.sigmoid(f).view(-1, K, f.shape[1])
+                    b = (torch.sigmoid(i) * torch.tanh(g)).view(a.shape)
+                    A, B = a[:, 0], b[:, 0]  # per block: c_end = A ⊙ c_start + B
+                    for k in range(1, K):
+                        A, B = a[:, k] * A, a[:, k] * B + b[:, k]
+                    ends.append(linear_scan(A, B, s0[1][0, 0]))  # across blocks
                     final_c.append(last[1])
-                    ends.append(c[K - 1::K])
                 inp = out
         # flat_state's order: every layer's h, then every layer's c
         flat = torch.cat(ends[0::2] + ends[1::2] if lstm else ends, dim=1)
