@@ -76,27 +76,43 @@ def blocks(stream, K):
     return x[..., 0].t(), y[..., 0].t()
 
 
+def chunk_terms(model, x, y, H, H_next, u, lam):
+    """One chunk's terms: x, y (K, c); H (c, S); H_next, u (m, S), m ≤ c the
+    blocks with a successor. Fixed shapes: `compile` may compile it."""
+    logits, Fs = model(x, model.unflat_state(H))
+    Fb = model.flat_state(Fs)                                       # F_b(H_b; θ)
+    ce = token_nll(logits, y).mean(0).sum()                         # Σ_b CE_b, CE_b = (1/K) Σ_t NLL_t
+    diff = Fb[:H_next.shape[0]] - H_next                            # F_b − H_{b+1}
+    pen = 0.5 * lam * (diff + u).pow(2).sum()                       # Σ_b (λ/2)||F_b + u_b − H_{b+1}||²
+    return ce, pen, diff.norm(dim=1).sum(), Fb[-1:]
+
+
+TERMS = {"fn": chunk_terms}  # train.compile swaps in a compiled chunk_terms
+
+
+def compile_terms(on, backend="inductor"):
+    """train.compile: compile chunk_terms (the bulk of every step) or not."""
+    TERMS["fn"] = torch.compile(chunk_terms, backend=backend, dynamic=False) if on else chunk_terms
+
+
 def objective(model, S, backward=None):
     """J over the blocks of S, chunk by chunk.
 
     `backward(J_chunk)` is called for each chunk, so gradients accumulate over
-    chunks exactly as over the whole set. Returns detached float64 sums (CE,
-    penalty, Σ||F_b − H_{b+1}||) and F_n, the last block's final state (the
-    carry into the next mini-batch).
+    chunks exactly as over the whole set. Returns detached sums (CE, penalty,
+    Σ||F_b − H_{b+1}||) as device tensors, float64, and F_n, the last block's
+    final state (the carry into the next mini-batch).
     """
-    sums = torch.zeros(3, dtype=torch.float64, device=S.H.device)
+    terms = []
     for i, j in S.chunks():
-        logits, Fs = model(S.x[:, i:j], model.unflat_state(S.H[i:j]))
-        Fb = model.flat_state(Fs)                                   # F_b(H_b; θ)
-        ce = token_nll(logits, S.y[:, i:j]).mean(0)                 # CE_b = (1/K) Σ_t NLL_t
         m = min(j, S.n - 1) - i                                     # blocks with a successor
-        diff = Fb[:m] - S.H[i + 1:i + 1 + m]                        # F_b − H_{b+1}
-        pen = 0.5 * S.lam * (diff + S.u[i:i + m]).pow(2).sum(1)     # (λ/2)||F_b + u_b − H_{b+1}||²
-        J = ce.sum() + pen.sum()
+        ce, pen, res, last = TERMS["fn"](model, S.x[:, i:j], S.y[:, i:j], S.H[i:j],
+                                         S.H[i + 1:i + 1 + m], S.u[i:i + m], S.lam)
         if backward is not None:
-            backward(J)
-        sums += torch.stack([ce.sum(), pen.sum(), diff.norm(dim=1).sum()]).detach().double()
-    return {"ce": sums[0], "penalty": sums[1], "residual": sums[2], "last": Fb[-1:].detach()}
+            backward(ce + pen)                                      # J of the chunk
+        terms.append(torch.stack([ce, pen, res]).detach())
+    sums = torch.stack(terms).double().sum(0)                       # one reduction per pass
+    return {"ce": sums[0], "penalty": sums[1], "residual": sums[2], "last": last.detach()}
 
 
 @torch.no_grad()

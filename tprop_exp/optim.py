@@ -52,5 +52,8 @@ class ThetaStep:
 
 def build(model, cfg):
     """The ThetaStep of a run: train.optimizer at train.lr, train.clip, train.precision."""
-    opt = OPTIMIZERS[cfg.train.optimizer](model.parameters(), lr=cfg.train.lr)
+    # One fused kernel (CUDA) or one kernel per op over all tensors (CPU), not one per tensor.
+    fast = {"fused": True} if model.decoder.weight.is_cuda and cfg.train.optimizer != "adagrad" \
+        else {"foreach": True}
+    opt = OPTIMIZERS[cfg.train.optimizer](model.parameters(), lr=cfg.train.lr, **fast)
     return ThetaStep(opt, cfg.train.clip, fp16=cfg.train.get("precision") == "fp16")

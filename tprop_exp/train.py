@@ -91,6 +91,9 @@ def run(cfg, run_dir, overrides=()):
     corpus = load_corpus(cfg.dataset, resolve_data_dir(cfg.data_dir))
     if cfg.train.train_tokens is not None:
         corpus.train = corpus.train[:cfg.train.train_tokens]
+    # The corpus moves to the device once; the cores' .to(device) are then no-ops.
+    corpus.train, corpus.valid, corpus.test = (t.to(device) for t in (corpus.train, corpus.valid, corpus.test))
+    btprop.compile_terms(bool(cfg.train.get("compile", False)))
     torch.manual_seed(cfg.train.seed)
     dtype = getattr(torch, cfg.train.dtype)
     model = build_model(cfg.arch, len(corpus.vocab)).to(device=device, dtype=dtype)
