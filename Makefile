@@ -17,7 +17,7 @@ STAMP := $(BIN)/.tprop_exp-installed
 RUN := $(PY) -m tprop_exp
 REPORT := $(PY) -m tprop_exp.report
 
-.PHONY: setup demo test test-all bench table1 table2 table3 figure methods all-tables clean
+.PHONY: setup demo test test-all bench bench-scaling plan table1 table2 table3 figure methods all-tables clean
 
 setup: $(STAMP)
 
@@ -37,8 +37,18 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "slow or not slow"
 
+# Throughput against a bare PyTorch loop: results/bench/<size>.md (SIZE=gpu on a GPU).
+SIZE ?= $(if $(shell $(PY) -c "import torch; print(torch.cuda.is_available() or '')" 2>/dev/null),gpu,cpu)
 bench: $(STAMP)
-	$(PY) scripts/bench.py
+	$(PY) scripts/bench.py --size $(SIZE)
+
+bench-scaling: $(STAMP)
+	$(PY) scripts/bench.py --size $(SIZE) --scaling
+
+# Runs and estimated hours of a sweep on this device: make plan EXP=table1_main PROFILE=paper
+EXP ?= demo
+plan: $(STAMP)
+	$(PY) -m tprop_exp.plan experiment=$(EXP) profile=$(PROFILE)
 
 # The paper's tables: a sweep, then its report. PROFILE=paper for the real data on a GPU.
 OUT = results$(if $(filter-out sample,$(PROFILE)),/$(PROFILE))

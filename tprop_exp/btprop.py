@@ -185,10 +185,10 @@ def theta_steps(model, theta, S, m):
     The terms reported are those of the first step (θ as it came to this
     update, like BPTT's loss); the carry is the last step's F_n.
     """
-    stats = None
+    stats, fixed = None, Blocks(S.x, S.y, S.H.detach(), S.u, S.lam, S.chunk)  # H fixed: no ∂/∂H
     for _ in range(m.theta_steps):
         theta.zero_grad()
-        s = objective(model, S, backward=lambda J: theta.backward(J / S.n))  # θ's gradient only
+        s = objective(model, fixed, backward=lambda J: theta.backward(J / S.n))
         theta.step()
         stats = s if stats is None else {**stats, "last": s["last"]}
     return stats

@@ -27,7 +27,11 @@ class ThetaStep:
         Under fp16 the loss is scaled; `unscale` takes an extra tensor's
         gradient back to the true scale (θ's is unscaled in `step`).
         """
-        self.scaler.scale(loss).backward(inputs=[*extra, *self.params])
+        loss = self.scaler.scale(loss)
+        if extra:
+            loss.backward(inputs=[*extra, *self.params])
+        else:  # the callers' other leaves are detached: plain backward, no graph pruning
+            loss.backward()
 
     def unscale(self, grad):
         if self.scaler.is_enabled():
