@@ -31,3 +31,19 @@ def test_compile_switch_changes_no_result():
     for key in s_eager:
         assert abs(s_comp[key] - s_eager[key]) < 1e-12, key
     assert btprop.TERMS["fn"] is btprop.chunk_terms  # the switch is off again
+
+
+def test_plan_expands_the_sweep_and_estimates_each_run(monkeypatch):
+    """Runs come from Hydra's own sweep expansion; hours = epochs × tokens / speed."""
+    from tprop_exp import plan
+    monkeypatch.setattr(plan, "speed", lambda cfg, vocab: 1000.0)  # timing is not tested here
+    table = plan.plan(["experiment=demo", "profile=sample", "arch.hidden_size=8,16"])
+    assert len(table) == 4  # method: bptt,admm × the two sizes given here
+    assert {frozenset(r.split()) for r in table["run"]} == set(
+        frozenset({h, m}) for h in ("arch.hidden_size=8", "arch.hidden_size=16")
+        for m in ("method=bptt", "method=admm"))
+    # a command-line sweep of a key the experiment sweeps replaces it, as in Hydra
+    assert len(plan.plan(["experiment=demo", "profile=sample", "method=bptt"])) == 1
+    row = table.iloc[0]
+    assert row["hours"] == row["epochs"] * row["train tokens"] / 1000.0 / 3600
+    assert row["epochs"] == 2 and 0 < row["train tokens"] <= 1_000_000  # demo: 2 epochs, ≤ 1M tokens

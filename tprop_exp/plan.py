@@ -32,11 +32,13 @@ SHAPE = ("method.name", "method.mode", "arch.cell", "arch.hidden_size", "arch.nu
 
 def sweep_runs(overrides):
     """The override lists of every run of the sweep `overrides` describe."""
+    parser = OverridesParser.create()
+    fixed = [o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+        cfg = compose("config", overrides=fixed, return_hydra_config=True)
         params = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=True) or {}
-        sweep = [f"{k}={v}" for k, v in params.items()] + list(overrides)
-        parsed = OverridesParser.create().parse_overrides(sweep)
+        # as Hydra's sweep: the experiment's params, then the command line's on top
+        parsed = parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + list(overrides))
         runs = [r for batch in BasicSweeper.split_arguments(parsed, None) for r in batch]
         return [(r, compose("config", overrides=r)) for r in runs]
 
