@@ -45,8 +45,8 @@ from tprop_exp.train import pick_device
 ROWS = ("bptt", "btprop_update", "theta_step", "h_step", "forward_init", "evaluation")
 # (label, vocabulary, hidden, tokens, parallel streams / blocks per update, chunk_blocks)
 SIZES = {
-    "cpu": [("char", 27, 128, 40_000, 64, 512), ("char", 27, 512, 8_000, 32, 256),
-            ("word", 10_000, 128, 8_000, 32, 256), ("word", 267_735, 128, 1_500, 8, 64)],
+    "cpu": [("char", 27, 128, 16_000, 64, 256), ("char", 27, 512, 3_000, 32, 64),
+            ("word", 10_000, 128, 3_000, 32, 64), ("word", 267_735, 128, 800, 8, 16)],
     "gpu": [("char", 27, 128, 2_000_000, 512, 4096), ("char", 27, 512, 1_000_000, 512, 4096),
             ("char", 27, 1024, 1_000_000, 512, 2048), ("word", 10_000, 512, 500_000, 64, 512),
             ("word", 267_735, 512, 100_000, 32, 64)],
@@ -108,8 +108,6 @@ def one_row(spec):
     x, y = btprop.blocks(stream, K)
     nb = x.shape[1]
     h0 = model.flat_state(model.zero_state(1))
-    Hfix = btprop.forward_init(model, x, h0)
-    u = torch.zeros(nb - 1, model.state_size, device=device)
     passes = 1
     if row == "bptt":
         ours = lambda: bptt.train_epoch(model, theta, stream, cfg_of("minibatch", B, chunk, "bptt"), {})
@@ -121,7 +119,8 @@ def one_row(spec):
         bx, by = windows_of(stream, B, device)
         ref = lambda: bare.epoch(bare_opt, bx, by)
     elif row in ("theta_step", "h_step"):
-        S = Blocks(x, y, Hfix.clone().requires_grad_(True), u, 1.0, chunk)
+        u = torch.zeros(nb - 1, model.state_size, device=device)
+        S = Blocks(x, y, btprop.init_states(model, x, h0, "forward"), u, 1.0, chunk)
         m = cfg_of("batch", B, chunk).method
         ours = (lambda: btprop.theta_steps(model, theta, S, m)) if row == "theta_step" else \
             (lambda: btprop.h_steps(model, S, OmegaConf.merge(m, {"h_steps": 1})))
@@ -177,6 +176,7 @@ def main():
     ap.add_argument("--size", choices=sorted(SIZES), default="cpu")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, help="torch CPU threads (also in each row)")
     ap.add_argument("--scaling", action="store_true", help="epoch time and memory against size")
     ap.add_argument("--out", default="results/bench")
     ap.add_argument("--one", help=argparse.SUPPRESS)
@@ -185,6 +185,9 @@ def main():
         print(json.dumps(one_row(json.loads(args.one))))
         return
     device = pick_device(args.device)
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        torch.set_num_threads(args.threads)
     base = {"device": args.device, "repeats": args.repeats}
     rows = []
     if not args.scaling:
