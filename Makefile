@@ -20,7 +20,7 @@ STAMP := $(BIN)/.tprop_exp-installed
 RUN := $(PY) -m tprop_exp
 REPORT := $(PY) -m tprop_exp.report
 
-.PHONY: help setup demo test test-all bench dist bench-dist table1 table2 table3 figure methods all-tables clean
+.PHONY: help setup demo test test-all bench bench-scaling plan dist bench-dist table1 table2 table3 figure methods all-tables clean
 .DEFAULT_GOAL := help
 
 help:  ## list the targets and settings (installs nothing)
@@ -52,8 +52,18 @@ test: $(STAMP)  ## the fast test suite
 test-all: $(STAMP)  ## the tests, also the slow ones
 	$(PY) -m pytest -q -m "slow or not slow"
 
-bench: $(STAMP)  ## training throughput of BPTT and BTPROP
-	$(PY) scripts/bench.py
+# Throughput against a bare PyTorch loop: results/bench/<size>.md (SIZE=gpu on a GPU).
+SIZE ?= $(if $(shell $(PY) -c "import torch; print(torch.cuda.is_available() or '')" 2>/dev/null),gpu,cpu)
+bench: $(STAMP)  ## training throughput against a bare PyTorch loop (results/bench/)
+	$(PY) scripts/bench.py --size $(SIZE)
+
+bench-scaling: $(STAMP)  ## time per epoch against corpus size; batch mode's memory
+	$(PY) scripts/bench.py --size $(SIZE) --scaling
+
+# Runs and estimated hours of a sweep on this device: make plan EXP=table1_main PROFILE=paper
+EXP ?= demo
+plan: $(STAMP)  ## runs and estimated hours of a sweep here: make plan EXP=table1_main PROFILE=paper
+	$(PY) -m tprop_exp.plan experiment=$(EXP) profile=$(PROFILE)
 
 # One run over NPROC processes (gloo on CPUs, nccl on GPUs): make dist NPROC=2 ARGS="method=admm method.mode=batch"
 NPROC ?= 2

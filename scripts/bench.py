@@ -1,72 +1,225 @@
-"""Training throughput of truncated BPTT and BTPROP: a table of tokens/s.
+"""Training-core throughput against a bare PyTorch loop: a markdown table.
 
-    python scripts/bench.py [--device auto] [--hidden 128] [--tokens 60000] [--threads N]
+    python scripts/bench.py [--size cpu|gpu] [--device auto] [--scaling] [--out results/bench]
 
-Synthetic character-level data (27 symbols), one LSTM layer, one pass of each
-method over the same tokens after a short warm-up. Timings only: nothing here
-is a test.
+Synthetic tokens. Each row runs in its own subprocess, which times the
+project's code and a bare reference loop written here (embedding, nn.LSTM,
+decoder, Adam, global-norm clipping: the same shapes), interleaved, after a
+warm-up, and reports the median of several repeats. Peak memory is the
+increase of the process's maximum resident set (getrusage ru_maxrss) over
+the row, on a CPU, or torch.cuda.max_memory_allocated on a GPU: that of
+the project's code (run first), not of the reference. Timings only:
+nothing here is a test.
+
+Rows: BPTT mini-batch; a BTPROP (ADMM) mini-batch update, tokens counted
+once per h-step and θ-step pass; one batch-mode θ-step and one h-step over
+all blocks (the reference: BPTT over the same tokens with chunk_blocks
+parallel streams); forward initialisation (the reference: one nn.LSTM call
+over the stream, no state read at block ends); evaluation.
+`--scaling`: seconds per epoch against corpus size, and batch mode's peak
+memory against the number of blocks (method.chunk_blocks bounds it).
 """
 import argparse
+import datetime
+import json
+import os
+import resource
+import statistics
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import torch
 from omegaconf import OmegaConf
+from torch import nn
 
-from tprop_exp import bptt, btprop
+from tprop_exp import bptt, btprop, evaluation
+from tprop_exp.btprop import Blocks
 from tprop_exp.models import LanguageModel
+from tprop_exp.optim import ThetaStep
 from tprop_exp.records import device_name, git_commit
 from tprop_exp.train import pick_device
 
-V = 27
+ROWS = ("bptt", "btprop_update", "theta_step", "h_step", "forward_init", "evaluation")
+# (label, vocabulary, hidden, tokens, parallel streams / blocks per update, chunk_blocks)
+SIZES = {
+    "cpu": [("char", 27, 128, 16_000, 64, 256), ("char", 27, 512, 3_000, 32, 64),
+            ("word", 10_000, 128, 3_000, 32, 64), ("word", 267_735, 128, 800, 8, 16)],
+    "gpu": [("char", 27, 128, 2_000_000, 512, 4096), ("char", 27, 512, 1_000_000, 512, 4096),
+            ("char", 27, 1024, 1_000_000, 512, 2048), ("word", 10_000, 512, 500_000, 64, 512),
+            ("word", 267_735, 512, 100_000, 32, 64)],
+}
+K, N_H = 10, 2
 
 
-def method_cfg(name, K, h_steps, mode="minibatch"):
-    return OmegaConf.create(dict(
-        name=name, mode=mode, block_size=K, init="forward", h_steps=h_steps,
-        h_optimizer="adagrad", h_lr=0.1, h_tol=0.0, h_clip=0.0, theta_steps=1, lam=1.0,
-        lam_mult=1.0, u_lr=0.1, u_start_epoch=1, chunk_blocks=4096))
+def cfg_of(mode, B, chunk, name="admm"):
+    return OmegaConf.create({"method": dict(
+        name=name, mode=mode, block_size=K, init="forward", h_steps=N_H, h_optimizer="sgd",
+        h_lr=1.0, h_tol=0.0, h_clip=0.0, theta_steps=1, lam=1.0, lam_mult=1.0, u_lr=0.1,
+        u_start_epoch=1, chunk_blocks=chunk), "train": {"batch_size": B, "clip": 0.5}})
 
 
-def one_pass(setting, stream, hidden, device):
-    torch.manual_seed(0)
-    model = LanguageModel(V, "lstm", hidden).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    name, K, B, h = setting
-    t0 = time.perf_counter()
-    if name == "bptt":
-        out = bptt.train_epoch(model, opt, stream, batch_size=B, K=K, clip=0.5, mode="minibatch")
-    else:
-        out = btprop.train_epoch(model, opt, stream, method_cfg(name, K, h), batch_size=B,
-                                 clip=0.5, lam=1.0, duals_on=name != "penalty", chunk=4096)
+def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return out["tokens"] / (time.perf_counter() - t0)
+
+
+class Bare(nn.Module):
+    """The reference: the plainest loop with the same shapes."""
+
+    def __init__(self, V, d):
+        super().__init__()
+        self.embed, self.rnn, self.dec = nn.Embedding(V, d), nn.LSTM(d, d), nn.Linear(d, V)
+
+    def epoch(self, opt, x, y, train=True):
+        """x, y (nw, K, B): BPTT with Adam and clipping, or a frozen pass."""
+        state = None
+        for xi, yi in zip(x, y):
+            with torch.set_grad_enabled(train):
+                out, state = self.rnn(self.embed(xi), state)
+                loss = nn.functional.cross_entropy(self.dec(out).flatten(0, 1), yi.flatten())
+            state = tuple(s.detach() for s in state)
+            if train:
+                opt.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(self.parameters(), 0.5)
+                opt.step()
+
+
+def windows_of(stream, B, device):
+    from tprop_exp.data import batchify, windows
+    x, y, _ = windows(batchify(stream, B).to(device), K)
+    return x, y
+
+
+def one_row(spec):
+    """Time one row of one setting; returns its numbers (runs in a subprocess)."""
+    device = pick_device(spec["device"])
+    label, V, d, n_tok, B, chunk = spec["setting"]
+    row, n_tok = spec["row"], int(n_tok * spec.get("scale", 1))
+    torch.manual_seed(0)
+    stream = torch.randint(0, V, (n_tok + 1,), device=device)
+    model = LanguageModel(V, "lstm", d).to(device)
+    theta = ThetaStep(torch.optim.Adam(model.parameters(), lr=1e-4, foreach=True), 0.5)
+    bare = Bare(V, d).to(device)
+    bare_opt = torch.optim.Adam(bare.parameters(), lr=1e-4, foreach=True)
+    x, y = btprop.blocks(stream, K)
+    nb = x.shape[1]
+    h0 = model.flat_state(model.zero_state(1))
+    passes = 1
+    if row == "bptt":
+        ours = lambda: bptt.train_epoch(model, theta, stream, cfg_of("minibatch", B, chunk, "bptt"), {})
+        bx, by = windows_of(stream, B, device)
+        ref = lambda: bare.epoch(bare_opt, bx, by)
+    elif row == "btprop_update":
+        passes = N_H + 1
+        ours = lambda: btprop.train_epoch(model, theta, stream, cfg_of("minibatch", B, chunk), {})
+        bx, by = windows_of(stream, B, device)
+        ref = lambda: bare.epoch(bare_opt, bx, by)
+    elif row in ("theta_step", "h_step"):
+        u = torch.zeros(nb - 1, model.state_size, device=device)
+        S = Blocks(x, y, btprop.init_states(model, x, h0, "forward"), u, 1.0, chunk)
+        m = cfg_of("batch", B, chunk).method
+        ours = (lambda: btprop.theta_steps(model, theta, S, m)) if row == "theta_step" else \
+            (lambda: btprop.h_steps(model, S, OmegaConf.merge(m, {"h_steps": 1})))
+        bx, by = windows_of(stream, chunk, device)
+        ref = lambda: bare.epoch(bare_opt, bx, by)
+    elif row == "forward_init":
+        ours = lambda: btprop.forward_init(model, x, h0)
+        with torch.no_grad():
+            ref = lambda: bare.rnn(bare.embed(stream[:nb * K].view(-1, 1)))
+    elif row == "evaluation":
+        ours = lambda: evaluation.evaluate(model, stream, B)
+        bx, by = windows_of(stream, B, device)
+        ref = lambda: bare.epoch(None, bx, by, train=False)
+
+    def timed(fn):
+        sync(device)
+        t = time.perf_counter()
+        with torch.no_grad() if row == "forward_init" else torch.enable_grad():
+            fn()
+        sync(device)
+        return time.perf_counter() - t
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    timed(ours)  # warm-up, and the peak memory of our code
+    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
+            else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024)
+    timed(ref)
+    t_ours, t_ref = [], []
+    for _ in range(spec["repeats"]):
+        t_ours.append(timed(ours))
+        t_ref.append(timed(ref))
+    tokens = nb * K if row in ("theta_step", "h_step", "forward_init") else n_tok
+    s_ours, s_ref = statistics.median(t_ours), statistics.median(t_ref)
+    updates = -(-nb // B) if row == "btprop_update" else None
+    return {"tokens/s": tokens * passes / s_ours, "bare tokens/s": tokens / s_ref,
+            "ratio": tokens * passes / s_ours / (tokens / s_ref), "seconds": s_ours,
+            "ms/update": 1000 * s_ours / updates if updates else None,
+            "peak MiB": peak / 2 ** 20, "blocks": nb}
+
+
+def run_row(spec):
+    """one_row in a fresh interpreter, so its peak memory is its own."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], env=env,
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", choices=sorted(SIZES), default="cpu")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--hidden", type=int, default=128)
-    ap.add_argument("--tokens", type=int, default=60000)
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, help="torch CPU threads (also in each row)")
+    ap.add_argument("--scaling", action="store_true", help="epoch time and memory against size")
+    ap.add_argument("--out", default="results/bench")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.one:
+        print(json.dumps(one_row(json.loads(args.one))))
+        return
     device = pick_device(args.device)
-    stream = torch.randint(0, V, (args.tokens + 1,), generator=torch.Generator().manual_seed(0))
-    settings = [("bptt", 35, 32, 0), ("bptt", 10, 32, 0),
-                ("penalty", 10, 32, 0), ("admm", 10, 32, 1), ("admm", 10, 32, 5),
-                ("admm", 10, 256, 1), ("alm", 10, 32, 5)]
-    one_pass(settings[0], stream[:5001], args.hidden, device)  # warm-up
-    rows = [{"method": n, "K": K, "batch": B, "h_steps": h if n != "bptt" else "",
-             "tokens/s": round(one_pass((n, K, B, h), stream, args.hidden, device))}
-            for n, K, B, h in settings]
-    print(f"command: python scripts/bench.py {' '.join(sys.argv[1:])}\n\n"
-          f"commit {git_commit()}; device: {device_name(device)}; torch {torch.__version__}; "
-          f"threads {torch.get_num_threads()}; LSTM {args.hidden}; {args.tokens} tokens\n")
-    print(pd.DataFrame(rows).to_markdown(index=False))
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        torch.set_num_threads(args.threads)
+    base = {"device": args.device, "repeats": args.repeats}
+    rows = []
+    if not args.scaling:
+        for setting in SIZES[args.size]:
+            for row in ROWS:
+                r = run_row({**base, "setting": setting, "row": row})
+                rows.append({"setting": f"{setting[0]} V={setting[1]} LSTM {setting[2]}",
+                             "row": row, "streams/chunk": setting[4] if row in ("bptt", "btprop_update",
+                                                                                "evaluation") else setting[5],
+                             **{k: r[k] for k in ("tokens/s", "ratio", "ms/update", "peak MiB")}})
+        name = args.size
+    else:
+        setting = SIZES[args.size][0]
+        for scale in (1, 2, 4):
+            for row in ("bptt", "theta_step"):
+                r = run_row({**base, "setting": setting, "row": row, "scale": scale, "repeats": 1})
+                rows.append({"size": f"{scale}×", "row": row, "blocks": r["blocks"],
+                             "chunk_blocks": setting[5], "seconds": r["seconds"],
+                             "peak MiB": r["peak MiB"]})
+        name = f"{args.size}-scaling"
+    table = pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3g")
+    head = (f"command: python scripts/bench.py {' '.join(sys.argv[1:])}\n\n"
+            f"commit {git_commit()}; {datetime.date.today()}; device: {device_name(device)}; "
+            f"torch {torch.__version__}; threads {torch.get_num_threads()}; K={K}; "
+            f"BTPROP update: ADMM, {N_H} h-steps + 1 θ-step.\n"
+            f"peak MiB: {'torch.cuda.max_memory_allocated' if device.type == 'cuda' else 'increase of ru_maxrss'} "
+            f"over the row's first run; ratio: tokens/s against the bare loop in the same process.\n")
+    print(head + "\n" + table)
+    out = Path(args.out) / f"{name}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(head + "\n" + table + "\n")
+    print(f"\nwritten to {out}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from tprop_exp import bptt, btprop
 from tprop_exp.btprop import Blocks
 from tprop_exp.data import batchify, windows
-from tprop_exp.models import detach
+from tprop_exp.models import detach, linear_scan
 
 from helpers import grads, method, params, run_cfg, sgd, stream, tiny_model
 
@@ -185,18 +185,33 @@ def test_minibatch_carry_is_last_state_of_previous_minibatch():
     assert stats["residual"] < 1e-12 and stats["penalty"] < 1e-24
 
 
-@pytest.mark.parametrize("cell", ["rnn", "gru"])
-def test_forward_init_one_call_equals_block_by_block(cell):
-    """The one-call path for one-layer RNN/GRU gives the states of the stepwise path."""
-    model, K = tiny_model(cell), 3
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("stretch", [2, 4096])
+def test_forward_init_equals_block_by_block(cell, layers, stretch):
+    """The whole-stream pass (per layer, LSTM's c by a scan) gives the states of
+    stepping block by block, for every cell and depth, in stretches or not."""
+    model, K = tiny_model(cell, layers), 3
     x, _ = btprop.blocks(stream(40), K)
     h1 = torch.randn(1, model.state_size, dtype=torch.float64)
-    fast = btprop.forward_init(model, x, h1)
+    fast = btprop.forward_init(model, x, h1, stretch=stretch)
     state, slow = model.unflat_state(h1), [h1[0]]
     for b in range(x.shape[1] - 1):
         state = model.final_state(x[:, b:b + 1], state)
         slow.append(model.flat_state(state)[0])
-    torch.testing.assert_close(fast, torch.stack(slow), rtol=0, atol=1e-14)
+    torch.testing.assert_close(fast, torch.stack(slow), rtol=0, atol=1e-10)
+
+
+def test_linear_scan_equals_the_recurrence():
+    g = torch.Generator().manual_seed(0)
+    a, b, c0 = (torch.rand(37, 3, generator=g, dtype=torch.float64),
+                torch.randn(37, 3, generator=g, dtype=torch.float64),
+                torch.randn(3, generator=g, dtype=torch.float64))
+    c, want = c0, []
+    for t in range(37):  # c_t = a_t c_{t-1} + b_t, step by step
+        c = a[t] * c + b[t]
+        want.append(c)
+    torch.testing.assert_close(linear_scan(a, b, c0), torch.stack(want), rtol=0, atol=1e-13)
 
 
 def hand_minibatch_trajectory(model, s, K, B, lr):

@@ -78,48 +78,62 @@ def blocks(stream, K):
     return x[..., 0].t(), y[..., 0].t()
 
 
+def chunk_terms(model, x, y, H, H_next, u, lam):
+    """One chunk's terms: x, y (K, c); H (c, S); H_next, u (m, S), m ≤ c the
+    blocks with a successor. Fixed shapes: `compile` may compile it."""
+    logits, Fs = model(x, model.unflat_state(H))
+    Fb = model.flat_state(Fs)                                       # F_b(H_b; θ)
+    ce = token_nll(logits, y).mean(0).sum()                         # Σ_b CE_b, CE_b = (1/K) Σ_t NLL_t
+    diff = Fb[:H_next.shape[0]] - H_next                            # F_b − H_{b+1}
+    pen = 0.5 * lam * (diff + u).pow(2).sum()                       # Σ_b (λ/2)||F_b + u_b − H_{b+1}||²
+    return ce, pen, diff.norm(dim=1).sum(), Fb[-1:]
+
+
+TERMS = {"fn": chunk_terms}  # train.compile swaps in a compiled chunk_terms
+
+
+def compile_terms(on, backend="inductor"):
+    """train.compile: compile chunk_terms (the bulk of every step) or not."""
+    TERMS["fn"] = torch.compile(chunk_terms, backend=backend, dynamic=False) if on else chunk_terms
+
+
 def objective(model, S, backward=None):
     """J over the blocks of S, chunk by chunk.
 
     `backward(J_chunk)` is called for each chunk, so gradients accumulate over
-    chunks exactly as over the whole set. Returns detached float64 sums (CE,
-    penalty, Σ||F_b − H_{b+1}||) and F_n, the last block's final state (the
-    carry into the next mini-batch).
+    chunks exactly as over the whole set. Returns detached sums (CE, penalty,
+    Σ||F_b − H_{b+1}||) as device tensors, float64, and F_n, the last block's
+    final state (the carry into the next mini-batch).
     """
-    sums = torch.zeros(3, dtype=torch.float64, device=S.H.device)
+    terms = []
     for i, j in S.chunks():
-        logits, Fs = model(S.x[:, i:j], model.unflat_state(S.H[i:j]))
-        Fb = model.flat_state(Fs)                                   # F_b(H_b; θ)
-        ce = token_nll(logits, S.y[:, i:j]).mean(0)                 # CE_b = (1/K) Σ_t NLL_t
         m = min(j, S.H.shape[0] - 1) - i                            # blocks with a successor
-        diff = Fb[:m] - S.H[i + 1:i + 1 + m]                        # F_b − H_{b+1}
-        pen = 0.5 * S.lam * (diff + S.u[i:i + m]).pow(2).sum(1)     # (λ/2)||F_b + u_b − H_{b+1}||²
-        J = ce.sum() + pen.sum()
+        ce, pen, res, last = TERMS["fn"](model, S.x[:, i:j], S.y[:, i:j], S.H[i:j],
+                                         S.H[i + 1:i + 1 + m], S.u[i:i + m], S.lam)
         if backward is not None:
-            backward(J)
-        sums += torch.stack([ce.sum(), pen.sum(), diff.norm(dim=1).sum()]).detach().double()
-    return {"ce": sums[0], "penalty": sums[1], "residual": sums[2], "last": Fb[-1:].detach()}
+            backward(ce + pen)                                      # J of the chunk
+        terms.append(torch.stack([ce, pen, res]).detach())
+    sums = torch.stack(terms).double().sum(0)                       # one reduction per pass
+    return {"ce": sums[0], "penalty": sums[1], "residual": sums[2], "last": last.detach()}
 
 
 @torch.no_grad()
-def forward_init(model, x, h1):
+def forward_init(model, x, h1, stretch=4096):
     """H_1 = h1, H_{b+1} = F_b(H_b): one sequential pass with the current θ.
 
-    The blocks of x are consecutive in the stream. For a one-layer RNN or GRU
-    the state is the output, so one call over all n·K steps gives every H_b;
-    otherwise (LSTM's c, lower layers) we step block by block.
+    The blocks of x are consecutive in the stream, so the pass is the plain
+    recurrence over the stream, read at block ends (model.states_every: no
+    step per block, every cell and depth). It runs in stretches of `stretch`
+    blocks, carrying the state, which bounds memory only.
     """
-    n, K = x.shape[1], x.shape[0]
-    if model.cell != "lstm" and model.num_layers == 1:
-        with model.autocast():
-            out, _ = model.rnn(model.embed(x.t().reshape(-1, 1)), model.unflat_state(h1))
-        return torch.cat([h1, out[K - 1:(n - 1) * K:K, 0].to(h1.dtype)])
+    K, n = x.shape
     H = torch.empty(n, model.state_size, dtype=h1.dtype, device=h1.device)
     H[0] = h1[0]
     state = model.unflat_state(h1)
-    for b in range(n - 1):
-        state = model.final_state(x[:, b:b + 1], state)
-        H[b + 1] = model.flat_state(state)[0]
+    for i in range(0, n - 1, stretch):
+        j = min(i + stretch, n - 1)  # the last block's end state is no H
+        ends, state = model.states_every(x[:, i:j].t().reshape(-1, 1), state, K)
+        H[i + 1:j + 1] = ends
     return H
 
 
@@ -183,10 +197,10 @@ def theta_steps(model, theta, S, m):
     The terms reported are those of the first step (θ as it came to this
     update, like BPTT's loss); the carry is the last step's F_n.
     """
-    stats = None
+    stats, fixed = None, Blocks(S.x, S.y, S.H.detach(), S.u, S.lam, S.chunk)  # H fixed: no ∂/∂H
     for _ in range(m.theta_steps):
         theta.zero_grad()
-        s = objective(model, S, backward=lambda J: theta.backward(J / S.n))  # θ's gradient only
+        s = objective(model, fixed, backward=lambda J: theta.backward(J / S.n))
         theta.step()
         stats = s if stats is None else {**stats, "last": s["last"]}
     return stats

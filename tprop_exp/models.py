@@ -12,6 +12,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 # train.precision: the dtype of the forward pass under autocast (weights stay fp32).
@@ -28,6 +29,9 @@ class LanguageModel(nn.Module):
         self.rnn = CELLS[cell](hidden_size, hidden_size, num_layers)
         self.decoder = nn.Linear(hidden_size, vocab_size)
         self.amp_dtype = None  # set by the trainer from train.precision
+        # One layer of the cell, weightless: `states_every` runs layer l through it
+        # with layer l's weights (a tuple keeps it out of the parameters).
+        self._one = (CELLS[cell](hidden_size, hidden_size, 1, device="meta"),)
         for p in self.parameters():
             nn.init.uniform_(p, -init_range, init_range)
 
@@ -60,6 +64,50 @@ class LanguageModel(nn.Module):
             state = self.rnn(self.embed(tokens), state)[1]
         return self._cast(state)
 
+    @torch.no_grad()
+    def states_every(self, tokens, state, K):
+        """One stream of whole blocks: tokens (T, 1), T a multiple of K, state
+        -> its flattened state after steps K, 2K, ..., T, shape (T/K,
+        state_size), and the final state.
+
+        Every layer runs over all T steps in one call of a one-layer module
+        with that layer's weights, so every layer's h comes back at every
+        step. An LSTM's c_t (which the module does not return per step) is
+        recovered from the gates, f, i, g = σ, σ, tanh of
+        W_ih x_t + b_ih + W_hh h_{t-1} + b_hh, as the linear recurrence
+        c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t: composed over each block's K steps
+        (all blocks at once), then across blocks by a parallel scan.
+        """
+        L, lstm = self.num_layers, self.cell == "lstm"
+        h0, c0 = state if lstm else (state, None)
+        ends, final_h, final_c = [], [], []
+        with self.autocast():
+            inp = self.embed(tokens)
+            for layer in range(L):
+                w = {f"{k}_l0": getattr(self.rnn, f"{k}_l{layer}")
+                     for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+                s0 = (h0[layer:layer + 1], c0[layer:layer + 1]) if lstm else h0[layer:layer + 1]
+                out, last = functional_call(self._one[0], w, (inp, s0))
+                final_h.append(last[0] if lstm else last)
+                ends.append(out[K - 1::K, 0])
+                if lstm:
+                    h_prev = torch.cat([s0[0], out[:-1]])
+                    gates = F.linear(inp, w["weight_ih_l0"], w["bias_ih_l0"]) \
+                        + F.linear(h_prev, w["weight_hh_l0"], w["bias_hh_l0"])
+                    i, f, g, _ = gates[:, 0].to(s0[1].dtype).chunk(4, 1)  # torch's gate order
+                    a = torch.sigmoid(f).view(-1, K, f.shape[1])
+                    b = (torch.sigmoid(i) * torch.tanh(g)).view(a.shape)
+                    A, B = a[:, 0], b[:, 0]  # per block: c_end = A ⊙ c_start + B
+                    for k in range(1, K):
+                        A, B = a[:, k] * A, a[:, k] * B + b[:, k]
+                    ends.append(linear_scan(A, B, s0[1][0, 0]))  # across blocks
+                    final_c.append(last[1])
+                inp = out
+        # flat_state's order: every layer's h, then every layer's c
+        flat = torch.cat(ends[0::2] + ends[1::2] if lstm else ends, dim=1)
+        final = (torch.cat(final_h), torch.cat(final_c)) if lstm else torch.cat(final_h)
+        return flat.to(self.decoder.weight.dtype), self._cast(final)
+
     def _cast(self, state):
         dtype = self.decoder.weight.dtype
         return tuple(s.to(dtype) for s in state) if isinstance(state, tuple) else state.to(dtype)
@@ -88,6 +136,23 @@ def token_nll(logits, targets):
     logits = logits.float() if logits.dtype in (torch.bfloat16, torch.float16) else logits
     nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
     return nll.view(targets.shape)
+
+
+def linear_scan(a, b, c0):
+    """c_t = a_t ⊙ c_{t-1} + b_t for t = 1..T, from c0: (T, d), (T, d), (d,) -> (T, d).
+
+    Hillis–Steele scan: after the round with offset s, row t holds the
+    composition of rows t-2s+1..t, as the pair (Π a, c from a zero start);
+    log2(T) rounds of whole-array products instead of T steps.
+    """
+    a, b = a.clone(), b.clone()
+    b[0] += a[0] * c0
+    s = 1
+    while s < a.shape[0]:
+        b[s:] = a[s:] * b[:-s] + b[s:]  # the right side is evaluated before writing
+        a[s:] = a[s:] * a[:-s]
+        s *= 2
+    return b
 
 
 def detach(state):

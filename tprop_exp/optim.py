@@ -27,7 +27,11 @@ class ThetaStep:
         Under fp16 the loss is scaled; `unscale` takes an extra tensor's
         gradient back to the true scale (θ's is unscaled in `step`).
         """
-        self.scaler.scale(loss).backward(inputs=[*extra, *self.params])
+        loss = self.scaler.scale(loss)
+        if extra:
+            loss.backward(inputs=[*extra, *self.params])
+        else:  # the callers' other leaves are detached: plain backward, no graph pruning
+            loss.backward()
 
     def unscale(self, grad):
         if self.scaler.is_enabled():
@@ -52,5 +56,8 @@ class ThetaStep:
 
 def build(model, cfg):
     """The ThetaStep of a run: train.optimizer at train.lr, train.clip, train.precision."""
-    opt = OPTIMIZERS[cfg.train.optimizer](model.parameters(), lr=cfg.train.lr)
+    # One fused kernel (CUDA) or one kernel per op over all tensors (CPU), not one per tensor.
+    fast = {"fused": True} if model.decoder.weight.is_cuda and cfg.train.optimizer != "adagrad" \
+        else {"foreach": True}
+    opt = OPTIMIZERS[cfg.train.optimizer](model.parameters(), lr=cfg.train.lr, **fast)
     return ThetaStep(opt, cfg.train.clip, fp16=cfg.train.get("precision") == "fp16")

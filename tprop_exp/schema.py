@@ -54,6 +54,7 @@ class TrainConf:
     train_eval_tokens: Optional[int] = 100000
     ckpt_interval_s: float = volatile(600.0)
     log_interval_s: float = volatile(30.0)
+    compile: bool = volatile(False)  # torch.compile: speed only, never the result
 
 
 @dataclass

@@ -92,6 +92,9 @@ def run_locked(cfg, run_dir, config, device, overrides):
     comm, device = distributed.init(device)  # (None, device) for a single process
     if comm is not None and comm.rank != 0:
         log.setLevel(logging.WARNING)  # the lead process reports for them all
+    # The corpus moves to the device once; the cores' .to(device) are then no-ops.
+    corpus.train, corpus.valid, corpus.test = (t.to(device) for t in (corpus.train, corpus.valid, corpus.test))
+    btprop.compile_terms(bool(cfg.train.get("compile", False)))
     torch.manual_seed(cfg.train.seed)
     dtype = getattr(torch, cfg.train.dtype)
     model = build_model(cfg.arch, len(corpus.vocab)).to(device=device, dtype=dtype)

@@ -1,0 +1,108 @@
+"""How long a sweep takes here: runs, and time per run, before starting it.
+
+    python -m tprop_exp.plan experiment=NAME [profile=sample|paper] [key=value ...]
+
+The experiment's hydra.sweeper.params are expanded as Hydra's basic sweeper
+expands them (its own override parser), each run's config is composed, and
+every distinct training shape (method, mode, cell, size, K, batch, h-steps,
+vocabulary) is timed for a few updates on synthetic tokens with the run's
+device, dtype and precision. A run's estimate is its epochs × its training
+tokens / that speed (evaluation not counted); runs that stop early take less.
+"""
+import sys
+import time
+
+import pandas as pd
+import torch
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from . import UserError, optim
+from .__main__ import CONF  # also registers the resolvers the configs use
+from .data import load_corpus, resolve_data_dir
+from .models import PRECISIONS, build_model
+from .train import CORES, check_config, pick_device
+
+SHAPE = ("method.name", "method.mode", "arch.cell", "arch.hidden_size", "arch.num_layers",
+         "method.block_size", "train.batch_size", "method.h_steps", "method.theta_steps",
+         "method.chunk_blocks", "train.dtype", "train.precision", "vocab")
+
+
+def sweep_runs(overrides):
+    """The override lists of every run of the sweep `overrides` describe."""
+    parser = OverridesParser.create()
+    fixed = [o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("config", overrides=fixed, return_hydra_config=True)
+        params = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=True) or {}
+        # as Hydra's sweep: the experiment's params, then the command line's on top
+        parsed = parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + list(overrides))
+        runs = [r for batch in BasicSweeper.split_arguments(parsed, None) for r in batch]
+        return [(r, compose("config", overrides=r)) for r in runs]
+
+
+def corpus_facts(dataset, data_dir, cache={}):
+    """(vocabulary size, training tokens) of a dataset, read from its cache."""
+    key = OmegaConf.to_yaml(dataset)
+    if key not in cache:
+        c = load_corpus(dataset, resolve_data_dir(data_dir))
+        cache[key] = (len(c.vocab), len(c.train))
+    return cache[key]
+
+
+def speed(cfg, vocab, updates=3):
+    """Training tokens per second of cfg's core over a few updates, after one."""
+    device = pick_device(cfg.train.device)
+    model = build_model(cfg.arch, vocab).to(device=device, dtype=getattr(torch, cfg.train.dtype))
+    model.amp_dtype = PRECISIONS[cfg.train.precision]
+    theta = optim.build(model, cfg)
+    K, B = cfg.method.block_size, cfg.train.batch_size
+    per_update = K * (B if cfg.method.mode == "minibatch" else max(2, min(cfg.method.chunk_blocks, 2048)))
+    stream = torch.randint(0, vocab, (per_update * updates + B + 1,), device=device)
+    core = CORES[cfg.method.name]
+    core.train_epoch(model, theta, stream, cfg, {})  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = core.train_epoch(model, theta, stream, cfg, {})
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return out["tokens"] / (time.perf_counter() - t)
+
+
+def plan(overrides):
+    rows, speeds = [], {}
+    for run, cfg in sweep_runs(overrides):
+        check_config(cfg)
+        vocab, n_train = corpus_facts(cfg.dataset, cfg.data_dir)
+        tokens = min(n_train, cfg.train.train_tokens or n_train)
+        shape = tuple(OmegaConf.select(cfg, k) for k in SHAPE[:-1]) + (vocab,)
+        if shape not in speeds:
+            speeds[shape] = speed(cfg, vocab)
+        seconds = cfg.train.max_epochs * tokens / speeds[shape]
+        rows.append({"run": " ".join(o for o in run if not o.startswith(("experiment=", "profile="))),
+                     "tokens/s": speeds[shape], "epochs": cfg.train.max_epochs,
+                     "train tokens": tokens, "hours": seconds / 3600})
+    return pd.DataFrame(rows)
+
+
+def main(argv=None):
+    overrides = list(sys.argv[1:] if argv is None else argv)
+    if not any(o.startswith("experiment=") for o in overrides):
+        print("tprop_exp.plan: error: experiment=NAME is required", file=sys.stderr)
+        sys.exit(2)
+    try:
+        table = plan(overrides)
+    except UserError as e:
+        print(f"tprop_exp.plan: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(table.to_markdown(index=False, floatfmt=".3g"))
+    print(f"\n{len(table)} runs; about {table['hours'].sum():.3g} hours in sequence on "
+          f"this device (timed from a few updates; evaluation not counted)")
+    return table
+
+
+if __name__ == "__main__":
+    main()
