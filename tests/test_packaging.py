@@ -48,7 +48,8 @@ def venv(tmp_path_factory):
     src.mkdir()
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, src / name)
-    shutil.copytree(ROOT / "tprop_exp", src / "tprop_exp", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("tprop_exp", "hydra_plugins"):
+        shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
     run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
          "-w", tmp / "dist", src], cwd=tmp)
     wheel, = (tmp / "dist").glob("tprop_exp-*.whl")
