@@ -5,6 +5,7 @@ On a CPU the test compiles with the aot_eager backend (it traces and runs
 the same graph as inductor would be given, without inductor's slow C++
 build), so it checks that compiling the chunk terms keeps every number.
 """
+import pytest
 import torch
 
 from tprop_exp import btprop
@@ -34,9 +35,10 @@ def test_compile_switch_changes_no_result():
 
 
 def test_plan_expands_the_sweep_and_estimates_each_run(monkeypatch):
-    """Runs come from Hydra's own sweep expansion; hours = epochs × tokens / speed."""
+    """Runs come from Hydra's own sweep expansion; hours = epochs × (training
+    tokens / training speed + evaluated tokens / evaluation speed) + test."""
     from tprop_exp import plan
-    monkeypatch.setattr(plan, "speed", lambda cfg, vocab: 1000.0)  # timing is not tested here
+    monkeypatch.setattr(plan, "speed", lambda cfg, vocab: (1000.0, 1e6))  # timing is not tested here
     table = plan.plan(["experiment=demo", "profile=sample", "arch.hidden_size=8,16"])
     assert len(table) == 4  # method: bptt,admm × the two sizes given here
     assert {frozenset(r.split()) for r in table["run"]} == set(
@@ -45,5 +47,9 @@ def test_plan_expands_the_sweep_and_estimates_each_run(monkeypatch):
     # a command-line sweep of a key the experiment sweeps replaces it, as in Hydra
     assert len(plan.plan(["experiment=demo", "profile=sample", "method=bptt"])) == 1
     row = table.iloc[0]
-    assert row["hours"] == row["epochs"] * row["train tokens"] / 1000.0 / 3600
+    cfg = plan.sweep_runs(["experiment=demo", "method=bptt"])[0][1]
+    _, _, n_valid, n_test = plan.corpus_facts(cfg.dataset, cfg.data_dir)
+    evaluated = n_valid + min(row["train tokens"], 100_000)  # train.train_eval_tokens
+    want = row["epochs"] * (row["train tokens"] / 1000.0 + evaluated / 1e6) + n_test / 1e6
+    assert row["hours"] == pytest.approx(want / 3600, rel=1e-12)
     assert row["epochs"] == 2 and 0 < row["train tokens"] <= 1_000_000  # demo: 2 epochs, ≤ 1M tokens

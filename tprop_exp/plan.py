@@ -6,8 +6,10 @@ The experiment's hydra.sweeper.params are expanded as Hydra's basic sweeper
 expands them (its own override parser), each run's config is composed, and
 every distinct training shape (method, mode, cell, size, K, batch, h-steps,
 vocabulary) is timed for a few updates on synthetic tokens with the run's
-device, dtype and precision. A run's estimate is its epochs × its training
-tokens / that speed (evaluation not counted); runs that stop early take less.
+device, dtype and precision, and so is evaluation. A run's estimate is its
+epochs × (its training tokens / the training speed + its validation and
+train-perplexity tokens / the evaluation speed), plus the test split; runs
+that stop early take less.
 """
 import sys
 import time
@@ -19,11 +21,12 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from . import UserError, optim
+from . import UserError, optim, schema
 from .__main__ import CONF  # also registers the resolvers the configs use
 from .data import load_corpus, resolve_data_dir
 from .models import PRECISIONS, build_model
-from .train import CORES, check_config, pick_device
+from .evaluation import evaluate
+from .train import CORES, pick_device
 
 SHAPE = ("method.name", "method.mode", "arch.cell", "arch.hidden_size", "arch.num_layers",
          "method.block_size", "train.batch_size", "method.h_steps", "method.theta_steps",
@@ -44,11 +47,11 @@ def sweep_runs(overrides):
 
 
 def corpus_facts(dataset, data_dir, cache={}):
-    """(vocabulary size, training tokens) of a dataset, read from its cache."""
+    """(vocabulary size, training, validation and test tokens) of a dataset, from its cache."""
     key = OmegaConf.to_yaml(dataset)
     if key not in cache:
         c = load_corpus(dataset, resolve_data_dir(data_dir))
-        cache[key] = (len(c.vocab), len(c.train))
+        cache[key] = (len(c.vocab), len(c.train), len(c.valid), len(c.test))
     return cache[key]
 
 
@@ -67,23 +70,26 @@ def speed(cfg, vocab, updates=3):
         torch.cuda.synchronize()
     t = time.perf_counter()
     out = core.train_epoch(model, theta, stream, cfg, {})
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return out["tokens"] / (time.perf_counter() - t)
+    t_train = time.perf_counter() - t
+    t = time.perf_counter()
+    evaluate(model, stream, cfg.train.eval_batch_size)  # .item() at its end synchronises
+    return out["tokens"] / t_train, len(stream) / (time.perf_counter() - t)
 
 
 def plan(overrides):
     rows, speeds = [], {}
     for run, cfg in sweep_runs(overrides):
-        check_config(cfg)
-        vocab, n_train = corpus_facts(cfg.dataset, cfg.data_dir)
+        schema.validate(cfg)
+        vocab, n_train, n_valid, n_test = corpus_facts(cfg.dataset, cfg.data_dir)
         tokens = min(n_train, cfg.train.train_tokens or n_train)
         shape = tuple(OmegaConf.select(cfg, k) for k in SHAPE[:-1]) + (vocab,)
         if shape not in speeds:
             speeds[shape] = speed(cfg, vocab)
-        seconds = cfg.train.max_epochs * tokens / speeds[shape]
+        train_speed, eval_speed = speeds[shape]
+        evaluated = n_valid + min(tokens, cfg.train.train_eval_tokens or tokens)  # per epoch
+        seconds = cfg.train.max_epochs * (tokens / train_speed + evaluated / eval_speed) + n_test / eval_speed
         rows.append({"run": " ".join(o for o in run if not o.startswith(("experiment=", "profile="))),
-                     "tokens/s": speeds[shape], "epochs": cfg.train.max_epochs,
+                     "tokens/s": train_speed, "epochs": cfg.train.max_epochs,
                      "train tokens": tokens, "hours": seconds / 3600})
     return pd.DataFrame(rows)
 
@@ -100,7 +106,7 @@ def main(argv=None):
         sys.exit(2)
     print(table.to_markdown(index=False, floatfmt=".3g"))
     print(f"\n{len(table)} runs; about {table['hours'].sum():.3g} hours in sequence on "
-          f"this device (timed from a few updates; evaluation not counted)")
+          f"this device (timed from a few updates and one evaluation)")
     return table
 
 
