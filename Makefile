@@ -63,7 +63,7 @@ bench-scaling: $(STAMP)  ## time per epoch against corpus size; batch mode's mem
 # Runs and estimated hours of a sweep on this device: make plan EXP=table1_main PROFILE=paper
 EXP ?= demo
 plan: $(STAMP)  ## runs and estimated hours of a sweep here: make plan EXP=table1_main PROFILE=paper
-	$(PY) -m tprop_exp.plan experiment=$(EXP) profile=$(PROFILE)
+	$(PY) -m tprop_exp.plan experiment=$(EXP) profile=$(PROFILE) $(SEEDS_ARG)
 
 # One run over NPROC processes (gloo on CPUs, nccl on GPUs): make dist NPROC=2 ARGS="method=admm method.mode=batch"
 NPROC ?= 2
