@@ -71,7 +71,7 @@ ARGS ?=
 dist: $(STAMP)  ## one run over NPROC processes (torchrun): make dist NPROC=2 ARGS="..."
 	$(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) -m tprop_exp $(ARGS)
 
-bench-dist: $(STAMP)  ## one run over NPROC processes (torchrun): make dist NPROC=2 ARGS="..."
+bench-dist: $(STAMP)  ## tokens/s and bytes per update over 1, 2, 4 processes (results/distributed.md)
 	$(PY) scripts/bench_dist.py
 
 # The paper's tables: a sweep, then its report. PROFILE=paper for the real data on a GPU.

@@ -242,6 +242,19 @@ def test_demo_only_gets_generic_table_and_no_claims(tmp_path, capsys):
     assert "| 51.0 ± 1.4 (2) " in printed and "| 2 completed " in printed
 
 
+def test_own_sweep_without_profile_goes_to_results(tmp_path, monkeypatch, capsys):
+    # a user's sweep (no profile): results/<name>.*, not results/unknown/; the key is named
+    sweep = tmp_path / "sweeps" / "small_gru"
+    for k, v in ((10, 50.0), (20, 52.0)):
+        make_run(sweep, v, test=v, train=v, name="small_gru", profile=None, method__block_size=k)
+    monkeypatch.chdir(tmp_path)
+    assert report.main(["sweeps/small_gru"]) == 0
+    assert sorted(f.name for f in (tmp_path / "results").iterdir()) == [
+        "small_gru.csv", "small_gru.md", "small_gru_curves.png"]
+    assert "- Profile: none" in capsys.readouterr().out
+    assert plots._fmt("config.method.block_size", 10) == "method.block_size=10"  # legend entry
+
+
 def summ(rows, **common):
     """A tidy summary as the CSVs hold it, from (method, h_steps, mean, std, n) rows."""
     recs = [{**common, "method": m, "h_steps": h, "valid_mean": mean, "valid_std": std,

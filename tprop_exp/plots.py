@@ -34,7 +34,7 @@ def _log_y(ax):
 
 
 def save(fig, path):
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
     return path
 
@@ -54,6 +54,8 @@ def _key(df, keys):
 
 
 def _fmt(k, v):
+    if k.startswith("config."):  # a key that varies in a user's sweep: name it
+        return f"{k.removeprefix('config.')}={v}"
     if k in ("K", "hidden", "batch_size"):
         return f"{ {'batch_size': 'B'}.get(k, k)}={int(v)}"
     return str(v)
@@ -65,7 +67,7 @@ def _panels_and_lines(summary, keys):
     if "label" in summary:
         return panels, lambda r: r["label"]
     rest = [k for k in keys if k not in panels]
-    return panels, lambda r: ", ".join(_fmt(k.removeprefix("config."), r[k]) for k in rest) or "all runs"
+    return panels, lambda r: ", ".join(_fmt(k, r[k]) for k in rest) or "all runs"
 
 
 def history_by_cell(runs, summary, keys):
@@ -104,6 +106,13 @@ def _grid(panel_names):
     return fig, {p: axes[i][j] for p, (i, j) in places.items()}
 
 
+def _epoch_axis(ax, epochs):
+    """Whole-number epoch ticks, also when every run stopped after one epoch."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if epochs.nunique() == 1:
+        ax.set_xlim(epochs.iloc[0] - 1, epochs.iloc[0] + 1)
+
+
 def _title(panel, keys):
     return " · ".join(_fmt(k, v) for k, v in zip(keys, panel)) or "all runs"
 
@@ -139,7 +148,9 @@ def _handles(styles):
 
 def _finish(fig, title, runs, handles):
     fig.suptitle(f"{title}\n{note(runs)}", fontsize=11)
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(4, len(handles)), fontsize=8,
+    # as many legend columns as the figure's width holds (about 1.9 inches each)
+    ncol = max(1, min(4, len(handles), int(fig.get_figwidth() / 1.9)))
+    fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=8,
                frameon=False)
     return fig
 
@@ -165,7 +176,7 @@ def curves_figure(runs, summary, keys, title):
         if log:
             _log_y(ax)
         ax.set(title=_title(panel, panel_keys), xlabel="epoch", ylabel="perplexity")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _epoch_axis(ax, h.loc[h["_panel"] == panel, "epoch"])
         ax.grid(alpha=0.3)
     handles = _handles(styles)
     handles += [Line2D([], [], color="k", linestyle="-", label="valid"),
@@ -196,13 +207,15 @@ def diagnostics_figure(runs, summary, keys, title):
     for row, d in zip(axes, datasets):
         for ax, (col, label, log) in zip(row, present):
             g = h[h["_dataset"] == d]
-            log_here = bool(log and g[col].notna().any() and (g[col].dropna() > 0).all())
+            values = g[col].dropna()
+            # log only where the values span a decade or more: 3.8×10⁰ ticks read badly
+            log_here = bool(log and len(values) and (values > 0).all() and values.max() >= 10 * values.min())
             for name, line in g.groupby("_line", sort=False):
                 _band(ax, line, col, log_here, **styles[name])
             if log_here:
                 ax.set_yscale("log")  # norms span decades: keep the 10^k labels
             ax.set(title=f"{d}: {label}", xlabel="epoch", ylabel=label)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            _epoch_axis(ax, g["epoch"])
             ax.grid(alpha=0.3)
     return _finish(fig, title, runs, _handles(styles))
 

@@ -27,8 +27,8 @@ writes, atomically and world-readable:
     OUTDIR/figure_hidden.png   valid perplexity against hidden size
     OUTDIR/table3_minibatch.png   train and test perplexity against mini-batch size
 
-OUTDIR defaults to `results` for profile `sample` and `results/<profile>`
-otherwise; given --out with runs of several profiles, each goes to OUT/<profile>.
+OUTDIR defaults to `results` for profile `sample` and for runs without a
+profile, and to `results/<profile>` otherwise; given --out with runs of several profiles, each goes to OUT/<profile>.
 Means are over completed runs only; diverged and failed runs are counted and
 marked in the markdown.
 
@@ -213,7 +213,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(prog="python -m tprop_exp.report", description=__doc__.split("\n\n")[0])
     p.add_argument("dirs", nargs="+", metavar="DIR", help="sweep or run folders")
-    p.add_argument("--out", help="output folder (default: results, or results/<profile>)")
+    p.add_argument("--out", help="output folder (default: results, or results/<profile> for profile=paper)")
     p.add_argument("--table", help="treat every run as this experiment (its layout)")
     args = p.parse_args(argv)
     try:
@@ -228,13 +228,13 @@ def main(argv=None):
     if args.table:
         runs["experiment"] = args.table
     command = shlex.join(["python", "-m", "tprop_exp.report", *argv])
-    profiles = sorted(finished["profile"].fillna("unknown").unique())
+    profiles = sorted(finished["profile"].unique())
     for profile in profiles:
         if args.out:
             outdir = Path(args.out) / profile if len(profiles) > 1 else Path(args.out)
         else:
-            outdir = Path("results") if profile == "sample" else Path("results") / profile
-        paths = write_report(runs[runs["profile"].fillna("unknown") == profile], outdir, command, echo=True)
+            outdir = Path("results") if profile in ("sample", "none") else Path("results") / profile
+        paths = write_report(runs[runs["profile"] == profile], outdir, command, echo=True)
         print("report: wrote " + ", ".join(map(str, paths)), file=sys.stderr)
     return 0
 

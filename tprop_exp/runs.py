@@ -58,6 +58,7 @@ def load_runs(dirs):
         df[short] = df[full] if full in df else None
     if "config.profile" in df:  # records written before profile became a config group
         df["profile"] = df["profile"].fillna(df["config.profile"])
+    df["profile"] = df["profile"].fillna("none")  # a plain run or sweep: no profile
     for c in NUMERIC:
         df[c] = pd.to_numeric(df[c], errors="coerce")
     df["experiment"] = df["experiment"].fillna("unnamed")
