@@ -137,8 +137,8 @@ def run_locked(cfg, run_dir, config, device, overrides):
     records.write_json(run_dir / "result.json", result)
     if status != "failed":  # a failed run is tried again from its checkpoint
         records.drop_checkpoint(run_dir)
-    log.info("run %s: %s after %d epochs (%s of training); best valid ppl %s, test ppl %s; records in %s",
-             run_dir.name, status, t.epoch, f"{t.wall:,.1f}s",
+    log.info("run %s: %s after %s (%s of training); best valid ppl %s, test ppl %s; records in %s",
+             run_dir.name, status, f"{t.epoch} epoch" + "s" * (t.epoch != 1), f"{t.wall:,.1f}s",
              logger.number(result["best_valid_ppl"]), logger.number(result["test_ppl"]), run_dir)
     return result
 
