@@ -175,3 +175,96 @@ def test_mixed_method_sweep_composes(tmp_path):
     assert "sweep: 2 completed / 0 diverged / 0 failed / 0 invalid" in p.stdout
     names = sorted(d.name.split("-")[0] for d in sweep.iterdir() if d.is_dir())
     assert names == ["admm", "bptt"]
+
+
+# ------------------------------------------- more bad input, checked in-process
+
+CONFIG_BAD = [  # (overrides, words the one line must hold): composed and checked as the CLI does
+    (["train.eval_batch_size=1.5"], ["train.eval_batch_size", "1.5"]),
+    (["arch.hidden_size=nan"], ["arch.hidden_size", "nan"]),
+    (["method.u_lr=inf"], ["method.u_lr", "inf"]),
+    (["train.clip=nan"], ["train.clip", "nan"]),
+    (["train.clip=abc"], ["train.clip", "abc"]),
+    (["dataset.vocab_size=abc"], ["dataset.vocab_size", "abc"]),
+    (["train.threads=-1"], ["train.threads", "-1"]),
+    (["train.patience=0"], ["train.patience", "0"]),
+    (["train.train_tokens=0"], ["train.train_tokens", "0"]),
+    (["method.hsteps=1"], ["method.hsteps"]),
+    (["+foo=1"], ["foo"]),
+    (["arch.cell=lstmm"], ["arch.cell", "lstmm", "lstm"]),
+    (["method=foo"], ["method/foo", "bptt"]),
+    (["dataset=foo"], ["dataset/foo", "sample_chars"]),
+    (["train.optimizer=rmsprop"], ["train.optimizer", "rmsprop", "adam"]),
+    (["dataset.train_frac=0.99"], ["dataset.valid_frac", "0.05"]),
+    (["method.lam_mult=inf"], ["method.lam_mult", "inf"]),
+    (["train.lr_decay=nan"], ["train.lr_decay", "nan"]),
+]
+
+
+def test_more_bad_config_is_one_line_naming_key_and_value():
+    from tprop_exp import checks
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        for args, words in CONFIG_BAD:
+            with pytest.raises(Exception) as e:
+                checks.check(compose("config", overrides=TINY + args))
+            line = checks.describe(e.value)
+            assert "\n" not in line and all(w in line for w in words), (args, line)
+
+
+def test_data_sizes_name_the_key_at_fault():
+    import torch
+    from types import SimpleNamespace as NS
+    from tprop_exp import UserError, checks
+
+    def cfg(batch=4, eval_batch=4, train_tokens=None, train_eval=None, method="bptt"):
+        return OmegaConf.create({"method": {"name": method}, "train": {
+            "batch_size": batch, "eval_batch_size": eval_batch, "train_tokens": train_tokens,
+            "train_eval_tokens": train_eval}})
+    corpus = NS(train=torch.arange(100), valid=torch.arange(20), test=torch.arange(30))
+    checks.data_sizes(cfg(batch=50, eval_batch=10), corpus)  # 2 steps each: just enough
+    for c, words in [(cfg(batch=51), ["train.batch_size: 51", "at most 50"]),
+                     (cfg(eval_batch=11), ["train.eval_batch_size: 11", "validation", "at most 10"]),
+                     (cfg(eval_batch=6, train_eval=10), ["train.eval_batch_size: 6", "training", "at most 5"])]:
+        with pytest.raises(UserError) as e:
+            checks.data_sizes(c, corpus)
+        assert all(w in str(e.value) for w in words), str(e.value)
+    checks.data_sizes(cfg(batch=51, method="admm"), corpus)  # BTPROP: blocks per update, any number
+    with pytest.raises(UserError, match="train.train_tokens: 1 leaves 1"):
+        checks.data_sizes(cfg(train_tokens=1), NS(train=torch.arange(1), valid=corpus.valid, test=corpus.test))
+
+
+def _local(d, text):
+    d.mkdir()
+    for s in ("train", "valid", "test"):
+        (d / f"{s}.txt").write_text(text)
+    return ["dataset=local", f"dataset.path={d.name}"]
+
+
+FAULTS = [  # (name, setup(tmp) -> overrides, words the one line must hold)
+    ("data_dir is a file", lambda t: (t / "f").write_text("x") and ["data_dir=f", "dataset.vocab_size=5"],
+     ["data_dir", "is a file"]),
+    ("run dir under a file", lambda t: (t / "f").write_text("x") and [f"hydra.run.dir={t}/f/run"],
+     ["hydra.run.dir", "is a file"]),
+    ("run dir under /proc", lambda t: ["hydra.run.dir=/proc/tprop_exp_x/run"], ["/proc/tprop_exp_x", "hydra.run.dir"]),
+    ("local files missing", lambda t: ["dataset=local", "dataset.path=nodata"], ["dataset.train", "no such file"]),
+    ("one-symbol corpus", lambda t: _local(t / "d", "a " * 500) + ["dataset.eos=false"],
+     ["dataset local", "one distinct symbol"]),
+    ("batch over train_tokens", lambda t: ["train.batch_size=3000"],
+     ["train.batch_size: 3000", "train.train_tokens=2000"]),
+    ("eval batch over valid", lambda t: ["train.eval_batch_size=1000000"], ["train.eval_batch_size", "validation"]),
+    ("result.json garbage", lambda t: (t / "r").mkdir() or (t / "r" / "result.json").write_text("{x")
+     and [f"hydra.run.dir={t}/r"], ["result.json", "not JSON"]),
+    ("checkpoint without model", lambda t: (t / "r").mkdir() or __import__("torch").save(
+        {"a": 1}, t / "r" / "checkpoint.pt") or [f"hydra.run.dir={t}/r"], ["checkpoint.pt", "model"]),
+]
+
+
+@pytest.mark.parametrize("setup,words", [f[1:] for f in FAULTS], ids=[f[0] for f in FAULTS])
+def test_data_and_folder_faults_are_one_line_and_write_nothing(tmp_path, setup, words):
+    args = setup(tmp_path)
+    before = snapshot(tmp_path), sorted(tmp_path.rglob("*"))
+    p = cli(TINY + ["train.train_eval_tokens=1000"] + args, tmp_path)
+    lines = error_lines(p)
+    assert p.returncode == 2 and len(lines) == 1, p.stderr[-2000:]
+    assert lines[0].startswith("tprop_exp: error: ") and all(w in lines[0] for w in words), lines[0]
+    assert (snapshot(tmp_path), sorted(tmp_path.rglob("*"))) == before  # no runs/, no .hydra/, no .lock

@@ -59,6 +59,7 @@ def main(cfg: DictConfig):
             print(f"{run_dir}: invalid: {e}", file=sys.stderr)
             record(cfg, run_dir, hc, "invalid", str(e), write=not (run_dir / "result.json").exists())
             return math.inf
+        checks.forget(run_dir)  # the folder Hydra made for this run, if that is all it holds
         print(f"tprop_exp: error: {e}", file=sys.stderr)
         sys.exit(2)
     except Exception as e:  # a crash: record it; a sweep goes on with the next run
@@ -90,6 +91,10 @@ def cli():
         main()
     except (UserError, HydraException, OmegaConfBaseException) as e:
         checks.refuse(e)
+    except OSError as e:  # Hydra could not make or write the run (or sweep) folder
+        if e.filename is None:
+            raise
+        checks.refuse(UserError(f"cannot write {e.filename}: {e.strerror} (see hydra.run.dir, hydra.sweep.dir)"))
 
 
 if __name__ == "__main__":

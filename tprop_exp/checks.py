@@ -12,6 +12,7 @@
 import hashlib
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -97,12 +98,77 @@ def refuse(e):
 def check(root, run_dir=None):
     """Validate a composed config; if run_dir holds a run, it must be this one."""
     schema.validate(root)
-    if run_dir is not None and run_dir.is_dir():
+    if root.get("data_dir") is not None:
+        _placeable(Path(str(root.data_dir)).expanduser(), "data_dir")
+    if root.dataset.source == "local":
+        from .data import _local_paths
+        _local_paths(root.dataset)  # the user's files exist and are not empty
+    if run_dir is None:
+        return
+    _placeable(run_dir, "hydra.run.dir")
+    if run_dir.is_dir():
         if os.environ.get("RANK", "0") == "0":  # a distributed run's lead holds the lock for all
-            records.lock_run(run_dir).release()  # refused here, before Hydra rewrites .hydra/
+            records.check_unlocked(run_dir)  # refused here, before Hydra rewrites .hydra/
         old = records.existing_config(run_dir)
         if old is not None:
             records.check_same_config(old, task_config(root), run_dir)
+
+
+def _placeable(path, key):
+    """A folder at path can be made: its nearest existing ancestor is a folder."""
+    above = _ancestor(path)
+    if not above.is_dir():
+        raise UserError(f"{key}: {path} cannot be a folder, {above} is a file")
+
+
+def data_sizes(cfg, corpus):
+    """The loaded corpus is long enough for the batch sizes (the key at fault named)."""
+    t = cfg.train
+    n = len(corpus.train)
+    cut = f" (train.train_tokens={t.train_tokens})" if t.train_tokens is not None else ""
+    if n < 2:
+        raise UserError(f"train.train_tokens: {t.train_tokens} leaves {n} training token; at least 2 are needed")
+    if cfg.method.name == "bptt" and n // t.batch_size < 2:
+        raise UserError(f"train.batch_size: {t.batch_size} streams are too many for {n} training tokens"
+                        f"{cut}; at most {n // 2}")
+    train_eval = min(n, t.train_eval_tokens or n)
+    for split, size in (("validation", len(corpus.valid)), ("test", len(corpus.test)), ("training", train_eval)):
+        if size // t.eval_batch_size < 2:
+            raise UserError(f"train.eval_batch_size: {t.eval_batch_size} streams are too many for the {split} "
+                            f"split's {size} evaluated tokens; at most {size // 2}")
+
+
+def _ancestor(path):
+    """The nearest existing folder at or above path."""
+    above = path.absolute()
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    return above
+
+
+# A single run's folder that this command is about to make, with the nearest
+# folder above it that existed: `forget` may remove what lies between.
+FRESH = {}
+
+
+def forget(run_dir):
+    """Remove a run folder that this command made and that holds only Hydra's
+    files (.hydra/, the log, the lock), and the empty folders made above it:
+    bad input found while loading the data leaves nothing behind."""
+    run_dir = Path(run_dir).absolute()
+    above = FRESH.get(run_dir)
+    if above is None or not run_dir.is_dir():
+        return
+    if any(p.name not in (".hydra", ".lock") and p.suffix != ".log" for p in run_dir.iterdir()):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for parent in run_dir.parents:
+        if parent == above:
+            break
+        try:
+            parent.rmdir()  # only an empty one, made for this run
+        except OSError:
+            break
 
 
 class CheckRun(Callback):
@@ -111,7 +177,10 @@ class CheckRun(Callback):
     def on_run_start(self, config, **kwargs):
         # Hydra turns a callback's exception into a warning, so refuse here.
         try:
-            check(config, Path(str(config.hydra.run.dir)))
+            run_dir = Path(str(config.hydra.run.dir))
+            if not run_dir.exists():
+                FRESH[run_dir.absolute()] = _ancestor(run_dir)
+            check(config, run_dir)
         except Exception as e:  # noqa: BLE001 (any error: one line, status 2)
             refuse(e)
 

@@ -216,7 +216,7 @@ def _local_paths(cfg) -> dict:
                             f"(or dataset.path=DIR holding {split}.txt)")
         p = Path(to_absolute_path(str(Path(str(p)).expanduser())))
         if not p.is_file():
-            raise UserError(f"dataset.{split}: no such file {p}")
+            raise UserError(f"dataset.{split}: {p} is not a file" if p.exists() else f"dataset.{split}: no such file {p}")
         if p.stat().st_size == 0:
             raise UserError(f"dataset.{split}: {p} is empty")
         paths[split] = p
@@ -224,7 +224,7 @@ def _local_paths(cfg) -> dict:
 
 
 def _read_local(cfg, data_dir: Path) -> dict:
-    return {s: _stream_pieces(open(p, "rb"), str(p)) for s, p in _local_paths(cfg).items()}
+    return {s: _stream_pieces(open(p, "rb"), f"dataset.{s}: {p}") for s, p in _local_paths(cfg).items()}
 
 
 _READERS = {"text8": _read_text8, "sample": _read_sample, "archive": _read_archive,
@@ -305,6 +305,9 @@ def _tokenise(texts: dict, cfg) -> Corpus:
         ids = {s: _word_ids(texts[s], stoi, eos) for s in SPLITS}  # train first
         symbols = list(stoi)
     ids, vocab = _finish_vocab(ids, symbols, vocab_size)
+    if len(vocab) < 2:
+        raise UserError(f"dataset {cfg.name} has only one distinct symbol ({vocab[0] if vocab else ''!r}); "
+                        "a language model needs at least 2")
     for s in SPLITS:
         if len(ids[s]) < 2:
             raise UserError(f"the {s} split of dataset {cfg.name} has fewer than 2 tokens")
@@ -383,10 +386,14 @@ def load_corpus(ds_cfg, data_dir: Path) -> Corpus:
     cache = data_dir / "cache" / _cache_key(cfg)
     corpus = _read_cache(cache, cfg)
     if corpus is None:
-        with file_lock(cache.with_name(cache.name + ".lock")):
-            corpus = _read_cache(cache, cfg)  # another run may have built it meanwhile
-            if corpus is None:
-                log.info("tokenising dataset %s (cached afterwards in %s)", cfg.name, cache)
-                corpus = _tokenise(_READERS[cfg.source](cfg, data_dir), cfg)
-                _write_cache(cache, corpus)
+        try:
+            with file_lock(cache.with_name(cache.name + ".lock")):
+                corpus = _read_cache(cache, cfg)  # another run may have built it meanwhile
+                if corpus is None:
+                    log.info("tokenising dataset %s (cached afterwards in %s)", cfg.name, cache)
+                    corpus = _tokenise(_READERS[cfg.source](cfg, data_dir), cfg)
+                    _write_cache(cache, corpus)
+        except OSError as e:  # a data_dir that is a file, or where nothing can be written
+            raise UserError(f"data_dir: cannot use {e.filename or data_dir} ({e.strerror or e}); "
+                            f"choose another data_dir (now {data_dir})") from None
     return corpus

@@ -102,11 +102,17 @@ def load_checkpoint(run_dir, config):
     path = Path(run_dir) / "checkpoint.pt"
     if not path.exists():
         return None
+    ckpt = read_checkpoint(path)
+    check_same_config(ckpt["config"], config, path)
+    return ckpt
+
+
+def read_checkpoint(path):
     ckpt = load_torch(path, "checkpoint")
     missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
-    if missing:
-        raise UserError(f"checkpoint {path} has no {', '.join(missing)}; delete it to start the run afresh")
-    check_same_config(ckpt["config"], config, path)
+    if missing or not isinstance(ckpt["config"], dict):
+        raise UserError(f"checkpoint {path} has no {', '.join(missing) or 'config'}; "
+                        "delete it to start the run afresh")
     return ckpt
 
 
@@ -139,11 +145,31 @@ def lock_run(run_dir):
     try:
         lock.acquire(timeout=0)
     except filelock.Timeout:
-        raise UserError(f"{run_dir} is in use by another run (it holds {lock.lock_file}); "
-                        "wait for that run to end") from None
+        raise in_use(run_dir, lock.lock_file) from None
     except OSError as e:
         raise write_error(Path(run_dir) / ".lock", e) from None
     return lock
+
+
+def in_use(run_dir, lock_file):
+    return UserError(f"{run_dir} is in use by another run (it holds {lock_file}); wait for that run to end")
+
+
+def check_unlocked(run_dir):
+    """Refuse a folder whose lock another run holds, without writing into it."""
+    import fcntl
+
+    path = Path(run_dir) / ".lock"
+    try:
+        fd = os.open(path, os.O_RDONLY)  # no lock file: no run has held the folder
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # filelock's own lock on Unix
+    except OSError:
+        raise in_use(run_dir, path) from None
+    finally:
+        os.close(fd)  # closing releases the test lock
 
 
 def drop_checkpoint(run_dir):
@@ -159,17 +185,29 @@ def check_same_config(old, new, path):
                         "choose another hydra.run.dir or delete that folder")
 
 
+def read_result(path):
+    """A run's result.json (a JSON object); anything else is one clear line."""
+    try:
+        result = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise UserError(f"{path} is not a run's result (not JSON: {e}); delete it to run again") from None
+    if not isinstance(result, dict) or not isinstance(result.get("config", {}), dict):
+        what = f"a JSON {type(result).__name__}" if not isinstance(result, dict) else "its config is no object"
+        raise UserError(f"{path} is not a run's result ({what}); delete it to run again")
+    return result
+
+
 def existing_config(run_dir):
     """The config of the run recorded in run_dir (result.json, else checkpoint.pt), or None."""
     run_dir = Path(run_dir)
-    try:
-        result = json.loads((run_dir / "result.json").read_text())
-        if isinstance(result, dict) and isinstance(result.get("config"), dict):
-            return result["config"]
-    except (OSError, ValueError):
-        pass
+    if (run_dir / "result.json").exists():
+        config = read_result(run_dir / "result.json").get("config")
+        if config is not None:
+            return config
     if (run_dir / "checkpoint.pt").exists():
-        return load_torch(run_dir / "checkpoint.pt", "checkpoint").get("config")
+        return read_checkpoint(run_dir / "checkpoint.pt")["config"]
     return None
 
 
@@ -178,15 +216,7 @@ def finished_result(run_dir, config):
     path = Path(run_dir) / "result.json"
     if not path.exists():
         return None
-    try:
-        result = json.loads(path.read_text())
-    except ValueError:
-        return None  # a foreign or damaged file: run again
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}") from None
-    if not isinstance(result, dict):
-        raise UserError(f"{path} is not a run's result (a JSON {type(result).__name__}, not an object); "
-                        "delete it to run again")
+    result = read_result(path)
     check_same_config(result.get("config", {}), config, path)
     if result.get("status") == "failed":
         return None  # a crash (out of memory, say) is tried again, from its checkpoint

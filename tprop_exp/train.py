@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import UserError, bptt, btprop, distributed, logger, optim, records
+from . import UserError, bptt, btprop, checks, distributed, logger, optim, records
 from .data import load_corpus, resolve_data_dir
 from .evaluation import evaluate
 from .models import PRECISIONS, build_model
@@ -88,6 +88,7 @@ def run_locked(cfg, run_dir, config, device, overrides):
     corpus = load_corpus(cfg.dataset, resolve_data_dir(cfg.data_dir))
     if cfg.train.train_tokens is not None:
         corpus.train = corpus.train[:cfg.train.train_tokens]
+    checks.data_sizes(cfg, corpus)
     distributed.check(cfg, len(corpus.train), distributed.environment()[1])
     comm, device = distributed.init(device)  # (None, device) for a single process
     if comm is not None and comm.rank != 0:
