@@ -448,9 +448,11 @@ def test_diverged_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert p.stdout.index("train.lr=1000000.0") < p.stdout.index("train.lr=1 ")  # in that order
 
 
-@pytest.mark.parametrize("launcher", [["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
-                                      ["hydra/launcher=slurm_local"]],
-                         ids=["joblib", "submitit-local"])
+@pytest.mark.parametrize("launcher", [
+    pytest.param(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], id="joblib"),
+    pytest.param(["hydra/launcher=slurm_local"], id="submitit-local",
+                 marks=pytest.mark.slow),  # half a minute; test_distributed covers the SLURM path too
+])
 def test_parallel_launchers_give_the_same_runs(tmp_path, launcher):
     """The joblib launcher, and the SLURM launcher through submitit's local
     executor, produce the runs (and numbers) of the plain sequential sweep."""
