@@ -227,8 +227,11 @@ def resolved_config(cfg):
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+CODE = ("tprop_exp", "hydra_plugins", "pyproject.toml")  # a change here marks a run '+dirty'
+
+
 def git_commit():
-    """The commit of the code that runs, '+dirty' when it has local changes.
+    """The commit of the code that runs, '+dirty' when that code has local changes.
 
     Only a git checkout of this project has one: an installed package (even one
     that lies inside some other repository) gives its version instead.
@@ -242,7 +245,9 @@ def git_commit():
         ours = (Path(git("rev-parse", "--show-toplevel")).resolve() == root
                 and git("ls-files", "tprop_exp/__init__.py"))
         if ours:
-            dirty = git("status", "--porcelain", "--untracked-files=no")
+            # only the code that runs counts: a report rewriting results/ between
+            # the sweeps of `make all-tables` must not mark the later runs dirty
+            dirty = git("status", "--porcelain", "--untracked-files=no", "--", *CODE)
             return git("rev-parse", "--short=12", "HEAD") + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         pass
