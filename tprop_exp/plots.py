@@ -231,14 +231,19 @@ def hidden_figure(summary, runs, title):
             line = line.sort_values("hidden")
             ax.errorbar(line["hidden"].astype(float), line["valid_mean"], yerr=line["valid_std"].fillna(0),
                         marker="o", capsize=3, label=label)
-        sizes = sorted(g["hidden"].dropna().astype(int).unique())
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sizes, [str(s) for s in sizes])
-        ax.set(title=d, xlabel="hidden size", ylabel="validation perplexity")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        log2_panel(ax, g["hidden"], title=d, xlabel="hidden size", ylabel="validation perplexity")
     fig.suptitle(f"{title}\n{note(runs)}", fontsize=11)
     return fig
+
+
+def log2_panel(ax, sizes, **labels):
+    """A panel whose x-axis is a size swept by powers of two, ticked at each size."""
+    sizes = sorted(sizes.dropna().astype(int).unique())
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.set(**labels)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 def minibatch_figure(summary, runs, title):
@@ -253,11 +258,7 @@ def minibatch_figure(summary, runs, title):
             ax.errorbar(ok["batch_size"].astype(float), ok[f"{metric}_mean"],
                         yerr=ok[f"{metric}_std"].fillna(0), marker=marker, capsize=3,
                         label=f"{metric} perplexity")
-        sizes = sorted(g["batch_size"].dropna().astype(int).unique())
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sizes, [str(s) for s in sizes])
-        ax.set(title=d, xlabel="mini-batch size B (parallel streams)", ylabel="perplexity")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        log2_panel(ax, g["batch_size"], title=d, xlabel="mini-batch size B (parallel streams)",
+                   ylabel="perplexity")
     fig.suptitle(f"{title}\n{note(runs)}", fontsize=11)
     return fig
