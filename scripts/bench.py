@@ -15,9 +15,11 @@ nothing here is a test.
 
 Rows: BPTT mini-batch; a BTPROP (ADMM) mini-batch update, tokens counted
 once per h-step and θ-step pass; one batch-mode θ-step and one h-step over
-all blocks (the reference: BPTT over the same tokens with chunk_blocks
-parallel streams); forward initialisation (the reference: one nn.LSTM call
-over the stream, no state read at block ends); evaluation.
+all blocks (the reference: BPTT with chunk_blocks parallel streams over the
+same blocks, each stream reading consecutive blocks); forward initialisation
+(the reference: one nn.LSTM call over the stream, no state read at block
+ends); evaluation. Each side is credited with the tokens it predicts, so a
+layout that drops a stream's tail is not paid for work it did not do.
 `--scaling`: seconds per epoch against corpus size, and batch mode's peak
 memory against the number of blocks (method.chunk_blocks bounds it).
 """
@@ -45,10 +47,11 @@ from tprop_exp.records import device_name, git_commit
 from tprop_exp.train import pick_device
 
 ROWS = ("bptt", "btprop_update", "theta_step", "h_step", "forward_init", "evaluation")
-# (label, vocabulary, hidden, tokens, parallel streams / blocks per update, chunk_blocks)
+# (label, vocabulary, hidden, tokens, parallel streams / blocks per update, chunk_blocks);
+# the CPU sizes fill whole chunks, like the reference's whole windows.
 SIZES = {
-    "cpu": [("char", 27, 128, 16_000, 64, 256), ("char", 27, 512, 3_000, 32, 64),
-            ("word", 10_000, 128, 3_000, 32, 64), ("word", 267_735, 128, 800, 8, 16)],
+    "cpu": [("char", 27, 128, 15_360, 64, 256), ("char", 27, 512, 3_200, 32, 64),
+            ("word", 10_000, 128, 3_200, 32, 64), ("word", 267_735, 128, 800, 8, 16)],
     "gpu": [("char", 27, 128, 2_000_000, 512, 4096), ("char", 27, 512, 1_000_000, 512, 4096),
             ("char", 27, 1024, 1_000_000, 512, 2048), ("word", 10_000, 512, 500_000, 64, 512),
             ("word", 267_735, 512, 100_000, 32, 64)],
@@ -96,6 +99,13 @@ def windows_of(stream, B, device):
     return x, y
 
 
+def streams_of(x, c):
+    """Blocks x (K, nb) as BPTT windows (nw, K, c), nw = nb // c: stream j reads
+    blocks j·nw, j·nw + 1, ..., so the reference sees the very same tokens."""
+    nw = x.shape[1] // c
+    return x[:, :nw * c].reshape(K, c, nw).permute(2, 0, 1)
+
+
 def one_row(spec):
     """Time one row of one setting; returns its numbers (runs in a subprocess)."""
     device = pick_device(spec["device"])
@@ -129,7 +139,7 @@ def one_row(spec):
         m = cfg_of("batch", B, chunk).method
         ours = (lambda: btprop.theta_steps(model, theta, S, m)) if row == "theta_step" else \
             (lambda: btprop.h_steps(model, S, OmegaConf.merge(m, {"h_steps": 1})))
-        bx, by = windows_of(stream, chunk, device)
+        bx, by = streams_of(x, chunk), streams_of(y, chunk)
         ref = lambda: bare.epoch(bare_opt, bx, by)
     elif row == "forward_init":
         ours = lambda: btprop.forward_init(model, x, h0)
@@ -156,11 +166,17 @@ def one_row(spec):
     for _ in range(spec["repeats"]):
         t_ours.append(timed(ours))
         t_ref.append(timed(ref))
-    tokens = nb * K if row in ("theta_step", "h_step", "forward_init") else n_tok
+    # tokens predicted per run: ours, and the reference's
+    if row == "forward_init":
+        tok_ours = tok_ref = nb * K
+    else:
+        tok_ref = bx.numel()
+        tok_ours = {"bptt": tok_ref, "evaluation": (len(stream) // B - 1) * B}.get(row, nb * K)
     s_ours, s_ref = statistics.median(t_ours), statistics.median(t_ref)
     updates = -(-nb // B) if row == "btprop_update" else None
-    return {"tokens/s": tokens * passes / s_ours, "bare tokens/s": tokens / s_ref,
-            "ratio": tokens * passes / s_ours / (tokens / s_ref), "seconds": s_ours,
+    ours_rate, ref_rate = tok_ours * passes / s_ours, tok_ref / s_ref
+    return {"tokens/s": ours_rate, "bare tokens/s": ref_rate,
+            "ratio": ours_rate / ref_rate, "seconds": s_ours,
             "ms/update": 1000 * s_ours / updates if updates else None,
             "peak MiB": peak / 2 ** 20, "blocks": nb}
 
