@@ -5,7 +5,8 @@
 Synthetic tokens. Each row runs in its own subprocess, which times the
 project's code and a bare reference loop written here (embedding, nn.LSTM,
 decoder, Adam, global-norm clipping: the same shapes), interleaved, after a
-warm-up, and reports the median of several repeats. Peak memory is the
+warm-up, and reports medians of several repeats (the ratio: the median of the
+ratios within interleaved pairs, whose order alternates). Peak memory is the
 increase of the process's maximum resident set (getrusage ru_maxrss) from
 before the row's tensors exist to the end of its first run (the project's
 code, run before the reference), on a CPU; torch.cuda.max_memory_allocated
@@ -13,8 +14,10 @@ over the same span on a GPU. The bare model's weights are counted too, and
 they are small. Timings only:
 nothing here is a test.
 
-Rows: BPTT mini-batch; a BTPROP (ADMM) mini-batch update, tokens counted
-once per h-step and θ-step pass; one batch-mode θ-step and one h-step over
+Rows: an A/A control (a second copy of the bare loop in the place of the
+project's code: the ratio this method gives two equal loops); BPTT
+mini-batch; a BTPROP (ADMM) mini-batch update, tokens counted once per
+h-step and θ-step pass; one batch-mode θ-step and one h-step over
 all blocks (the reference: BPTT with chunk_blocks parallel streams over the
 same blocks, each stream reading consecutive blocks); forward initialisation
 (the reference: one nn.LSTM call over the stream, no state read at block
@@ -46,7 +49,7 @@ from tprop_exp.optim import ThetaStep
 from tprop_exp.records import device_name, git_commit
 from tprop_exp.train import pick_device
 
-ROWS = ("bptt", "btprop_update", "theta_step", "h_step", "forward_init", "evaluation")
+ROWS = ("bare_copy", "bptt", "btprop_update", "theta_step", "h_step", "forward_init", "evaluation")
 # (label, vocabulary, hidden, tokens, parallel streams / blocks per update, chunk_blocks);
 # the CPU sizes fill whole chunks, like the reference's whole windows.
 SIZES = {
@@ -124,7 +127,13 @@ def one_row(spec):
     nb = x.shape[1]
     h0 = model.flat_state(model.zero_state(1))
     passes = 1
-    if row == "bptt":
+    if row == "bare_copy":  # A/A control: a second bare loop in the place of ours
+        twin = Bare(V, d).to(device)
+        twin_opt = torch.optim.Adam(twin.parameters(), lr=1e-4, foreach=True)
+        bx, by = windows_of(stream, B, device)
+        ours = lambda: twin.epoch(twin_opt, bx, by)
+        ref = lambda: bare.epoch(bare_opt, bx, by)
+    elif row == "bptt":
         ours = lambda: bptt.train_epoch(model, theta, stream, cfg_of("minibatch", B, chunk, "bptt"), {})
         bx, by = windows_of(stream, B, device)
         ref = lambda: bare.epoch(bare_opt, bx, by)
@@ -163,20 +172,25 @@ def one_row(spec):
             else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024)
     timed(ref)
     t_ours, t_ref = [], []
-    for _ in range(spec["repeats"]):
+    for r in range(spec["repeats"]):  # interleaved pairs, the order alternating
+        if r % 2:
+            t_ref.append(timed(ref))
         t_ours.append(timed(ours))
-        t_ref.append(timed(ref))
+        if not r % 2:
+            t_ref.append(timed(ref))
     # tokens predicted per run: ours, and the reference's
     if row == "forward_init":
         tok_ours = tok_ref = nb * K
     else:
         tok_ref = bx.numel()
-        tok_ours = {"bptt": tok_ref, "evaluation": (len(stream) // B - 1) * B}.get(row, nb * K)
+        tok_ours = {"bptt": tok_ref, "bare_copy": tok_ref,
+                    "evaluation": (len(stream) // B - 1) * B}.get(row, nb * K)
     s_ours, s_ref = statistics.median(t_ours), statistics.median(t_ref)
     updates = -(-nb // B) if row == "btprop_update" else None
     ours_rate, ref_rate = tok_ours * passes / s_ours, tok_ref / s_ref
-    return {"tokens/s": ours_rate, "bare tokens/s": ref_rate,
-            "ratio": ours_rate / ref_rate, "seconds": s_ours,
+    # the ratio within each pair, then the median: the pair's two timings share the machine's state
+    ratio = statistics.median(tok_ours * passes * r / (tok_ref * o) for o, r in zip(t_ours, t_ref))
+    return {"tokens/s": ours_rate, "bare tokens/s": ref_rate, "ratio": ratio, "seconds": s_ours,
             "ms/update": 1000 * s_ours / updates if updates else None,
             "peak MiB": peak / 2 ** 20, "blocks": nb}
 
@@ -193,7 +207,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=sorted(SIZES), default="cpu")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, help="torch CPU threads (also in each row)")
     ap.add_argument("--scaling", action="store_true", help="epoch time and memory against size")
     ap.add_argument("--out", default="results/bench")
@@ -212,9 +226,9 @@ def main():
         for setting in SIZES[args.size]:
             for row in ROWS:
                 r = run_row({**base, "setting": setting, "row": row})
+                width = setting[5] if row in ("theta_step", "h_step", "forward_init") else setting[4]
                 rows.append({"setting": f"{setting[0]} V={setting[1]} LSTM {setting[2]}",
-                             "row": row, "streams/chunk": setting[4] if row in ("bptt", "btprop_update",
-                                                                                "evaluation") else setting[5],
+                             "row": row, "streams/chunk": width,
                              **{k: r[k] for k in ("tokens/s", "ratio", "ms/update", "peak MiB")}})
         name = args.size
     else:
@@ -232,7 +246,8 @@ def main():
             f"torch {torch.__version__}; threads {torch.get_num_threads()}; K={K}; "
             f"BTPROP update: ADMM, {N_H} h-steps + 1 θ-step.\n"
             f"peak MiB: {'torch.cuda.max_memory_allocated' if device.type == 'cuda' else 'increase of ru_maxrss'} "
-            f"from the row's setup to the end of its first run; ratio: tokens/s against the bare loop in the same process.\n")
+            f"from the row's setup to the end of its first run; ratio: tokens/s against the bare loop "
+            f"in the same process, the median over {args.repeats} interleaved pairs.\n")
     print(head + "\n" + table)
     out = Path(args.out) / f"{name}.md"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ import torch
 
 from . import UserError
 from .data import batchify, windows
-from .models import detach, token_nll
+from .models import detach, mean_nll
 
 
 def train_epoch(model, theta, stream, cfg, state, epoch=1, pos=None, on_update=None):
@@ -43,7 +43,7 @@ def train_epoch(model, theta, stream, cfg, state, epoch=1, pos=None, on_update=N
         theta.zero_grad()
     for i in range(start, nw):  # progress: the trainer, through on_update
         logits, h = model(x[i], h)
-        loss = token_nll(logits, y[i]).mean()
+        loss = mean_nll(logits, y[i])
         nll_sum += loss.detach().double()
         h = detach(h)
         if mode == "minibatch":

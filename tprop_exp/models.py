@@ -133,9 +133,18 @@ class LanguageModel(nn.Module):
 
 def token_nll(logits, targets):
     """Per-token negative log-likelihood (T, n), computed in fp32 or better."""
-    logits = logits.float() if logits.dtype in (torch.bfloat16, torch.float16) else logits
-    nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+    nll = F.cross_entropy(_fp32(logits).flatten(0, 1), targets.flatten(), reduction="none")
     return nll.view(targets.shape)
+
+
+def mean_nll(logits, targets):
+    """Mean NLL over all tokens in one fused kernel (BPTT's loss, every update)."""
+    return F.cross_entropy(_fp32(logits).flatten(0, 1), targets.flatten())
+
+
+def _fp32(logits):
+    """Reduced-precision logits to fp32, so the loss is computed in fp32 or better."""
+    return logits.float() if logits.dtype in (torch.bfloat16, torch.float16) else logits
 
 
 def linear_scan(a, b, c0):
