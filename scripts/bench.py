@@ -51,9 +51,11 @@ from tprop_exp.train import pick_device
 
 ROWS = ("bare_copy", "bptt", "btprop_update", "theta_step", "h_step", "forward_init", "evaluation")
 # (label, vocabulary, hidden, tokens, parallel streams / blocks per update, chunk_blocks);
-# the CPU sizes fill whole chunks, like the reference's whole windows.
+# the CPU sizes fill whole chunks, like the reference's whole windows, and
+# each timing lasts about a second or more (shorter ones were lost in this
+# 2-core machine's noise).
 SIZES = {
-    "cpu": [("char", 27, 128, 15_360, 64, 256), ("char", 27, 512, 3_200, 32, 64),
+    "cpu": [("char", 27, 128, 61_440, 64, 256), ("char", 27, 512, 3_200, 32, 64),
             ("word", 10_000, 128, 3_200, 32, 64), ("word", 267_735, 128, 800, 8, 16)],
     "gpu": [("char", 27, 128, 2_000_000, 512, 4096), ("char", 27, 512, 1_000_000, 512, 4096),
             ("char", 27, 1024, 1_000_000, 512, 2048), ("word", 10_000, 512, 500_000, 64, 512),
