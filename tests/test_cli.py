@@ -457,12 +457,12 @@ def test_parallel_launchers_give_the_same_runs(tmp_path, launcher):
     """The joblib launcher, and the SLURM launcher through submitit's local
     executor, produce the runs (and numbers) of the plain sequential sweep."""
     one_epoch = [a for a in TINY if not a.startswith("train.max_epochs")] + ["train.max_epochs=1"]
-    grid = ["-m"] + one_epoch + ["method=bptt,penalty", "train.seed=1,2"]
+    grid = ["-m"] + one_epoch + ["method=bptt,penalty"]  # two jobs: one per joblib worker
     ok(cli(grid + [f"hydra.sweep.dir={tmp_path / 'basic'}"], tmp_path)[0])
     ok(cli(grid + launcher + [f"hydra.sweep.dir={tmp_path / 'par'}"], tmp_path)[0])
     basic = {d.name: result(d) for d in (tmp_path / "basic").iterdir() if (d / "result.json").exists()}
     par = {d.name: result(d) for d in (tmp_path / "par").iterdir() if (d / "result.json").exists()}
-    assert len(basic) == 4 and basic.keys() == par.keys()
+    assert len(basic) == 2 and basic.keys() == par.keys()
     for name in basic:
         assert par[name]["status"] == "completed"
         assert par[name]["best_valid_ppl"] == basic[name]["best_valid_ppl"]
