@@ -129,21 +129,18 @@ def one_row(spec):
     nb = x.shape[1]
     h0 = model.flat_state(model.zero_state(1))
     passes = 1
+    if row in ("bare_copy", "bptt", "btprop_update", "evaluation"):  # the others lay out their own
+        bx, by = windows_of(stream, B, device)
+        ref = lambda: bare.epoch(bare_opt, bx, by)
     if row == "bare_copy":  # A/A control: a second bare loop in the place of ours
         twin = Bare(V, d).to(device)
         twin_opt = torch.optim.Adam(twin.parameters(), lr=1e-4, foreach=True)
-        bx, by = windows_of(stream, B, device)
         ours = lambda: twin.epoch(twin_opt, bx, by)
-        ref = lambda: bare.epoch(bare_opt, bx, by)
     elif row == "bptt":
         ours = lambda: bptt.train_epoch(model, theta, stream, cfg_of("minibatch", B, chunk, "bptt"), {})
-        bx, by = windows_of(stream, B, device)
-        ref = lambda: bare.epoch(bare_opt, bx, by)
     elif row == "btprop_update":
         passes = N_H + 1
         ours = lambda: btprop.train_epoch(model, theta, stream, cfg_of("minibatch", B, chunk), {})
-        bx, by = windows_of(stream, B, device)
-        ref = lambda: bare.epoch(bare_opt, bx, by)
     elif row in ("theta_step", "h_step"):
         u = torch.zeros(nb - 1, model.state_size, device=device)
         S = Blocks(x, y, btprop.init_states(model, x, h0, "forward"), u, 1.0, chunk)
@@ -158,7 +155,6 @@ def one_row(spec):
             ref = lambda: bare.rnn(bare.embed(stream[:nb * K].view(-1, 1)))
     elif row == "evaluation":
         ours = lambda: evaluation.evaluate(model, stream, B)
-        bx, by = windows_of(stream, B, device)
         ref = lambda: bare.epoch(None, bx, by, train=False)
 
     def timed(fn):
