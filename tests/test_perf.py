@@ -53,3 +53,28 @@ def test_plan_expands_the_sweep_and_estimates_each_run(monkeypatch):
     want = row["epochs"] * (row["train tokens"] / 1000.0 + evaluated / 1e6) + n_test / 1e6
     assert row["hours"] == pytest.approx(want / 3600, rel=1e-12)
     assert row["epochs"] == 2 and 0 < row["train tokens"] <= 1_000_000  # demo: 2 epochs, ≤ 1M tokens
+
+
+@pytest.mark.parametrize("name", ["sgd", "adagrad", "adam"])
+def test_fused_optimizer_steps_as_the_per_tensor_loop(name):
+    """optim.build fuses each step into one kernel on a CPU; over a BPTT epoch
+    with clipping it moves θ as torch's plain per-tensor loop does, up to rounding."""
+    from omegaconf import OmegaConf
+
+    from tprop_exp import bptt, optim
+    from tprop_exp.optim import OPTIMIZERS, ThetaStep
+
+    cfg = OmegaConf.merge(run_cfg(batch_size=4, clip=0.5, name="bptt", mode="minibatch",
+                                  block_size=5),
+                          {"train": {"optimizer": name, "lr": 0.05}})
+    ends = []
+    for fused in (True, False):
+        model = tiny_model("lstm").float()
+        theta = optim.build(model, cfg) if fused else ThetaStep(
+            OPTIMIZERS[name](model.parameters(), lr=0.05, foreach=False), 0.5)
+        assert theta.opt.defaults["fused"] is (True if fused else None)
+        bptt.train_epoch(model, theta, stream(400), cfg, {})
+        ends.append(params(model))
+    moved = (ends[1] - params(tiny_model("lstm").float())).abs().max()
+    assert moved > 0.05  # it trained: 19 updates
+    torch.testing.assert_close(ends[0], ends[1], rtol=0, atol=1e-5)
