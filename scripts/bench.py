@@ -7,8 +7,9 @@ project's code and a bare reference loop written here (embedding, nn.LSTM,
 decoder, Adam, global-norm clipping: the same shapes; its Adam is
 torch.optim.Adam(foreach=True), faster on a CPU than Adam's default loop over
 tensors, while the project's code builds its optimizer as a run does, fused),
-interleaved, after a warm-up, and reports medians of several repeats (the ratio: the median of the
-ratios within interleaved pairs, whose order alternates). Peak memory is the
+interleaved, after a warm-up, and reports medians of several repeats (the
+ratio: the median of the ratios within interleaved pairs, whose order
+alternates). Peak memory is the
 increase of the process's maximum resident set (getrusage ru_maxrss) from
 before the row's tensors exist to the end of its first run (the project's
 code, run before the reference), on a CPU; torch.cuda.max_memory_allocated

@@ -7,8 +7,10 @@ build), so it checks that compiling the chunk terms keeps every number.
 """
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from tprop_exp import btprop
+from tprop_exp import bptt, btprop, optim
+from tprop_exp.optim import OPTIMIZERS, ThetaStep
 
 from helpers import params, run_cfg, sgd, stream, tiny_model
 
@@ -59,11 +61,6 @@ def test_plan_expands_the_sweep_and_estimates_each_run(monkeypatch):
 def test_fused_optimizer_steps_as_the_per_tensor_loop(name):
     """optim.build fuses each step into one kernel on a CPU; over a BPTT epoch
     with clipping it moves θ as torch's plain per-tensor loop does, up to rounding."""
-    from omegaconf import OmegaConf
-
-    from tprop_exp import bptt, optim
-    from tprop_exp.optim import OPTIMIZERS, ThetaStep
-
     cfg = OmegaConf.merge(run_cfg(batch_size=4, clip=0.5, name="bptt", mode="minibatch",
                                   block_size=5),
                           {"train": {"optimizer": name, "lr": 0.05}})
@@ -71,8 +68,8 @@ def test_fused_optimizer_steps_as_the_per_tensor_loop(name):
     for fused in (True, False):
         model = tiny_model("lstm").float()
         theta = optim.build(model, cfg) if fused else ThetaStep(
-            OPTIMIZERS[name](model.parameters(), lr=0.05, foreach=False), 0.5)
-        assert theta.opt.defaults["fused"] is (True if fused else None)
+            OPTIMIZERS[name](model.parameters(), lr=cfg.train.lr, foreach=False), cfg.train.clip)
+        assert theta.opt.defaults["fused"] is (True if fused else None)  # None: torch's default
         bptt.train_epoch(model, theta, stream(400), cfg, {})
         ends.append(params(model))
     moved = (ends[1] - params(tiny_model("lstm").float())).abs().max()
