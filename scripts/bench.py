@@ -45,11 +45,14 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from tprop_exp import bptt, btprop, evaluation, optim
-from tprop_exp.btprop import Blocks
-from tprop_exp.models import LanguageModel
-from tprop_exp.records import device_name, git_commit
-from tprop_exp.train import pick_device
+from tprop_exp.core.methods import bptt
+from tprop_exp.core import btprop
+from tprop_exp.core import perplexity as evaluation
+from tprop_exp.core import optim
+from tprop_exp.core.btprop import Blocks
+from tprop_exp.core.model import LanguageModel
+from tprop_exp.run.records import device_name, git_commit
+from tprop_exp.run.trainer import pick_device
 
 ROWS = ("bare_copy", "bptt", "btprop_update", "theta_step", "h_step", "forward_init", "evaluation")
 # (label, vocabulary, hidden, tokens, parallel streams / blocks per update, chunk_blocks);
@@ -102,7 +105,7 @@ class Bare(nn.Module):
 
 
 def windows_of(stream, B, device):
-    from tprop_exp.data import batchify, windows
+    from tprop_exp.data.corpora import batchify, windows
     x, y, _ = windows(batchify(stream, B).to(device), K)
     return x, y
 

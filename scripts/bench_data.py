@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from tprop_exp.data import load_corpus
+from tprop_exp.data.corpora import load_corpus
 
 
 def words(n: int) -> np.ndarray:

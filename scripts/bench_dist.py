@@ -21,10 +21,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from omegaconf import OmegaConf
 
-from tprop_exp import distributed
-from tprop_exp.models import LanguageModel
-from tprop_exp.optim import ThetaStep
-from tprop_exp.records import device_name, git_commit
+from tprop_exp.core import distributed
+from tprop_exp.core.model import LanguageModel
+from tprop_exp.core.optim import ThetaStep
+from tprop_exp.run.records import device_name, git_commit
 
 V = 27
 K = 20
@@ -53,7 +53,8 @@ def timed(comm, setting, stream, hidden, device, reps):
     if comm:
         theta = distributed.SharedTheta(theta, comm)
     else:
-        from tprop_exp import bptt, btprop
+        from tprop_exp.core.methods import bptt
+        from tprop_exp.core import btprop
         core = bptt if cfg.method.name == "bptt" else btprop
     state = {}
     core.train_epoch(model, theta, stream, cfg, state)  # warm-up, and batch BTPROP's forward init

@@ -2,8 +2,8 @@
 import torch
 from omegaconf import OmegaConf
 
-from tprop_exp.models import LanguageModel
-from tprop_exp.optim import ThetaStep
+from tprop_exp.core.model import LanguageModel
+from tprop_exp.core.optim import ThetaStep
 
 V = 7
 

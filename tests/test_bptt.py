@@ -9,10 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tprop_exp import UserError, bptt
-from tprop_exp.data import batchify, windows
-from tprop_exp.models import detach
-from tprop_exp.optim import ThetaStep
+from tprop_exp import UserError
+from tprop_exp.core.methods import bptt
+from tprop_exp.data.corpora import batchify, windows
+from tprop_exp.core.model import detach
+from tprop_exp.core.optim import ThetaStep
 
 from helpers import grads, params, run_cfg, stream, tiny_model
 
@@ -220,7 +221,7 @@ def test_bf16_autocast_keeps_fp32_weights_and_a_close_gradient():
     """train.precision=bf16: the forward runs in bf16, the weights, their
     gradients and the carried state stay fp32, and the full-batch gradient is
     the fp32 one to bf16's precision."""
-    from tprop_exp.models import PRECISIONS
+    from tprop_exp.core.model import PRECISIONS
 
     s, K = stream(43), 4
     out = {}

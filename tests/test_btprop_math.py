@@ -4,10 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tprop_exp import bptt, btprop
-from tprop_exp.btprop import Blocks
-from tprop_exp.data import batchify, windows
-from tprop_exp.models import detach, linear_scan
+from tprop_exp.core.methods import bptt
+from tprop_exp.core import btprop
+from tprop_exp.core.btprop import Blocks
+from tprop_exp.data.corpora import batchify, windows
+from tprop_exp.core.model import detach, linear_scan
 
 from helpers import grads, method, params, run_cfg, sgd, stream, tiny_model
 

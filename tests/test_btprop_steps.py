@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tprop_exp import btprop
+from tprop_exp.core import btprop
 
 from helpers import method, params, run_cfg, sgd, stream, tiny_model
 

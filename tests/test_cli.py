@@ -145,9 +145,9 @@ def test_test_ppl_is_the_best_state_on_the_test_split(tiny_runs):
     and the recorded valid_ppl is that model's validation perplexity."""
     from omegaconf import OmegaConf
 
-    from tprop_exp.data import load_corpus, resolve_data_dir
-    from tprop_exp.evaluation import evaluate
-    from tprop_exp.models import build_model
+    from tprop_exp.data.corpora import load_corpus, resolve_data_dir
+    from tprop_exp.core.perplexity import evaluate
+    from tprop_exp.core.model import build_model
 
     d = tiny_runs["bptt"]["dir"]
     res = result(d)
@@ -282,8 +282,8 @@ def test_run_with_no_overrides_finds_its_folder(tmp_path):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    import tprop_exp.__main__  # noqa: F401  (registers the resolvers)
-    from tprop_exp.schema import run_folder_name
+    import tprop_exp.cli  # noqa: F401  (registers the resolvers)
+    from tprop_exp.run.schema import run_folder_name
 
     with initialize_config_dir(config_dir=str(ROOT / "tprop_exp" / "conf"), version_base="1.3"):
         cfg = OmegaConf.to_container(compose(config_name="config"), resolve=True)
@@ -358,8 +358,8 @@ def copy_data_dir(tmp_path):
     """A private data dir holding the sample text and its cached tensors."""
     from hydra import compose, initialize_config_dir
 
-    from tprop_exp.__main__ import CONF
-    from tprop_exp.data import _cache_key, resolve_data_dir
+    from tprop_exp.cli import CONF
+    from tprop_exp.data.corpora import _cache_key, resolve_data_dir
 
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         key = _cache_key(compose("config", overrides=TINY).dataset)  # the cache TINY runs use

@@ -8,9 +8,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-import tprop_exp.__main__  # noqa: F401  (registers the config resolvers)
-from tprop_exp.__main__ import CONF
-from tprop_exp.schema import validate
+import tprop_exp.cli  # noqa: F401  (registers the config resolvers)
+from tprop_exp.cli import CONF
+from tprop_exp.run.schema import validate
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF) / "experiment").glob("*.yaml"))
 PAPER = ["table1_main", "table2_regularization", "table3_minibatch", "figure_hidden", "methods"]
@@ -102,11 +102,15 @@ def test_plain_runs_have_no_profile():
 
 
 def test_schema_choices_match_the_training_code():
-    from tprop_exp import btprop, models, optim, schema, train
+    from tprop_exp.core import model as models
+    from tprop_exp.core import optim, registry
+    from tprop_exp.run import schema
 
-    assert set(schema.CELLS) == set(models.CELLS)
     assert set(schema.OPTIMIZERS) == set(optim.OPTIMIZERS)
     assert set(schema.PRECISIONS) == set(models.PRECISIONS)
-    assert set(schema.H_OPTIMIZERS) == set(btprop.H_OPTIMIZERS)
-    assert set(schema.INITS) == set(btprop.INITS)
-    assert set(schema.METHODS) == set(train.METHODS)
+    # methods and cells are what registered itself: the built-ins, each one module
+    registry.load(None, "method")
+    assert set(registry.METHODS) == {"bptt", "penalty", "admm", "alm"}
+    assert set(registry.CELLS) == {"rnn", "gru", "lstm"}
+    for name in ("penalty", "admm", "alm", "bptt"):
+        assert (Path(CONF) / "method" / f"{name}.yaml").exists()

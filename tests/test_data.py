@@ -15,10 +15,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import tprop_exp.data as data
+import tprop_exp.data.corpora as data
 from tprop_exp import UserError
-from tprop_exp.data import batchify, load_corpus, resolve_data_dir
-from tprop_exp.sample_corpus import SAMPLE_NAME, build_sample
+from tprop_exp.data.corpora import batchify, load_corpus, resolve_data_dir
+from tprop_exp.data.sample import SAMPLE_NAME, build_sample
 
 CONF = Path(__file__).resolve().parents[1] / "tprop_exp" / "conf" / "dataset"
 N_CHARS, N_WORDS = 3_085_829, 512_934

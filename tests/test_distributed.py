@@ -12,7 +12,10 @@ import torch.multiprocessing as mp
 from omegaconf import OmegaConf
 
 from helpers import params, run_cfg, sgd, stream, tiny_model
-from tprop_exp import UserError, bptt, btprop, distributed
+from tprop_exp import UserError
+from tprop_exp.core.methods import bptt
+from tprop_exp.core import btprop
+from tprop_exp.core import distributed
 
 # (name, cell, method and train settings, epochs): every batch BTPROP method with h-steps, and BPTT.
 CASES = [

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tprop_exp import UserError
-from tprop_exp.download import fetch, verify
+from tprop_exp.data.download import fetch, verify
 
 PAYLOAD = bytes(range(256)) * 400  # 102,400 bytes
 MD5 = hashlib.md5(PAYLOAD).hexdigest()
@@ -164,7 +164,7 @@ def test_lock_is_exclusive_across_processes(tmp_path):
     # The lock must hold against another process (a parallel run of a sweep), not only threads.
     import subprocess
     import sys
-    from tprop_exp.download import file_lock
+    from tprop_exp.data.download import file_lock
     path = tmp_path / "x.lock"
     probe = ("import sys, filelock; l = filelock.FileLock(sys.argv[1]);\n"
              "try:\n l.acquire(timeout=0.2); print('free')\n"

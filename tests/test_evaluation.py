@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from tprop_exp import evaluation
-from tprop_exp.data import batchify
+from tprop_exp.core import perplexity as evaluation
+from tprop_exp.data.corpora import batchify
 
 from helpers import V, params, stream, tiny_model
 
@@ -106,7 +106,7 @@ def tiny_trainer(tmp_path, name, eval_tokens):
 
     from omegaconf import OmegaConf
 
-    from tprop_exp import train
+    from tprop_exp.run import trainer as train
     from helpers import method, sgd
 
     m = method(name=name, mode="minibatch", block_size=3, h_steps=1, h_lr=0.1)
@@ -146,8 +146,8 @@ def test_bf16_forward_keeps_fp32_state_and_float64_nll_sum():
     """train.precision=bf16 on a CPU: logits in bf16 under autocast, the state and
     the weights in fp32, and evaluation's NLL summed in float64 (a bf16 or fp16
     running sum of 6000 values near 2, added 14 at a time, would stall far below the truth)."""
-    from tprop_exp.btprop import init_states
-    from tprop_exp.models import PRECISIONS
+    from tprop_exp.core.btprop import init_states
+    from tprop_exp.core.model import PRECISIONS
 
     model = tiny_model("lstm", layers=2).float()
     model.amp_dtype = PRECISIONS["bf16"]

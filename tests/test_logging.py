@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tprop_exp import UserError, logger
+from tprop_exp import UserError
+from tprop_exp.run import logger
 
 TINY = ["debug=default", "train.train_tokens=3000", "train.max_epochs=2", "train.log_interval_s=0"]
 

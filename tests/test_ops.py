@@ -19,8 +19,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from tprop_exp import UserError, evaluate, records, train
-from tprop_exp.__main__ import CONF
+from tprop_exp import UserError
+from tprop_exp.run import evaluate
+from tprop_exp.run import records
+from tprop_exp.run import trainer as train
+from tprop_exp.cli import CONF
 
 TINY = ["debug=default", "train.train_tokens=2000", "train.max_epochs=2"]
 

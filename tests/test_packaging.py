@@ -121,7 +121,7 @@ def test_help_is_ours_and_loads_no_torch(venv, home):
     for word in ("tprop_exp", "dataset", "arch", "method", "experiment", "profile", "train.", "-m",
                  "sample_chars"):
         assert word in p.stdout, word
-    probe = ("import sys\nfrom tprop_exp.__main__ import cli\nsys.argv = ['tprop_exp', '--help']\n"
+    probe = ("import sys\nfrom tprop_exp.cli import cli\nsys.argv = ['tprop_exp', '--help']\n"
              "try:\n    cli()\nexcept SystemExit:\n    pass\nprint('torch loaded:', 'torch' in sys.modules)")
     p = run([venv / "bin" / "python", "-c", probe], cwd=home)
     assert p.stdout.strip().endswith("torch loaded: False")

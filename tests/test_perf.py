@@ -9,8 +9,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tprop_exp import bptt, btprop, optim
-from tprop_exp.optim import OPTIMIZERS, ThetaStep
+from tprop_exp.core.methods import bptt
+from tprop_exp.core import btprop
+from tprop_exp.core import optim
+from tprop_exp.core.optim import OPTIMIZERS, ThetaStep
 
 from helpers import params, run_cfg, sgd, stream, tiny_model
 
@@ -39,7 +41,7 @@ def test_compile_switch_changes_no_result():
 def test_plan_expands_the_sweep_and_estimates_each_run(monkeypatch):
     """Runs come from Hydra's own sweep expansion; hours = epochs × (training
     tokens / training speed + evaluated tokens / evaluation speed) + test."""
-    from tprop_exp import plan
+    from tprop_exp.report import plan
     monkeypatch.setattr(plan, "speed", lambda cfg, vocab: (1000.0, 1e6))  # timing is not tested here
     table = plan.plan(["experiment=demo", "profile=sample", "arch.hidden_size=8,16"])
     assert len(table) == 4  # method: bptt,admm × the two sizes given here

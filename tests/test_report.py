@@ -14,9 +14,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-from tprop_exp import report  # noqa: E402
-from tprop_exp import plots, tables  # noqa: E402
-from tprop_exp.claims import Cell, across, comparable, evaluate_claims, worse  # noqa: E402
+from tprop_exp.report import write as report  # noqa: E402
+from tprop_exp.report import plots
+from tprop_exp.report import tables  # noqa: E402
+from tprop_exp.report.claims import Cell, across, comparable, evaluate_claims, worse  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,8 +7,8 @@ import os
 import pytest
 
 from tprop_exp import UserError
-from tprop_exp.data import resolve_data_dir
-from tprop_exp.sample_corpus import (SAMPLE_BYTES, SAMPLE_SHA256, build_sample,
+from tprop_exp.data.corpora import resolve_data_dir
+from tprop_exp.data.sample import (SAMPLE_BYTES, SAMPLE_SHA256, build_sample,
                                      sample_source, text8_filter)
 
 

@@ -10,9 +10,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import tprop_exp.__main__  # noqa: F401  (registers the resolvers)
-from tprop_exp import schema
-from tprop_exp.__main__ import CONF
+import tprop_exp.cli  # noqa: F401  (registers the resolvers)
+from tprop_exp.run import schema
+from tprop_exp.cli import CONF
 
 TINY = ["arch.hidden_size=8", "train.train_tokens=2000", "train.max_epochs=1",
         "train.eval_batch_size=4", "dataset=sample_chars"]
@@ -202,7 +202,7 @@ CONFIG_BAD = [  # (overrides, words the one line must hold): composed and checke
 
 
 def test_more_bad_config_is_one_line_naming_key_and_value():
-    from tprop_exp import checks
+    from tprop_exp.run import checks
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         for args, words in CONFIG_BAD:
             with pytest.raises(Exception) as e:
@@ -214,7 +214,8 @@ def test_more_bad_config_is_one_line_naming_key_and_value():
 def test_data_sizes_name_the_key_at_fault():
     import torch
     from types import SimpleNamespace as NS
-    from tprop_exp import UserError, checks
+    from tprop_exp import UserError
+    from tprop_exp.run import checks
 
     def cfg(batch=4, eval_batch=4, train_tokens=None, train_eval=None, method="bptt"):
         return OmegaConf.create({"method": {"name": method}, "train": {

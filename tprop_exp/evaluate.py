@@ -1,66 +1,7 @@
-"""Evaluate a finished run's best model: python -m tprop_exp.evaluate RUN_DIR [--split test] [--device cpu]
-
-The model is rebuilt from the config stored in RUN_DIR/model.pt and its
-weights, then evaluated with θ frozen on one split of the run's corpus (the
-training split cut to train.train_tokens, as in training). Prints the
-perplexity; a folder without a finished model is one line and exit status 2.
-"""
-import argparse
+"""python -m tprop_exp.evaluate: the same as `tprop_exp evaluate` (tprop_exp/run/evaluate.py)."""
 import sys
-from pathlib import Path
 
-import torch
-from omegaconf import OmegaConf
-
-from . import UserError, records
-from .data import load_corpus, resolve_data_dir
-from .evaluation import evaluate
-from .models import PRECISIONS, build_model
-from .train import pick_device
-
-
-def load_model(run_dir, device):
-    path = Path(run_dir) / "model.pt"
-    if not path.is_file():
-        raise UserError(f"{run_dir} has no model.pt: not a finished run (a run writes it when it ends)")
-    saved = records.load_torch(path, "model")
-    missing = [k for k in ("state_dict", "vocab_size", "config") if k not in saved]
-    if missing:
-        raise UserError(f"model {path} has no {', '.join(missing)}")
-    cfg = OmegaConf.create(saved["config"])
-    model = build_model(cfg.arch, saved["vocab_size"])
-    model = model.to(device=device, dtype=getattr(torch, cfg.train.dtype))
-    model.amp_dtype = PRECISIONS[cfg.train.precision]
-    model.load_state_dict(saved["state_dict"])
-    return model, cfg
-
-
-def perplexity(run_dir, split="test", device="cpu"):
-    model, cfg = load_model(run_dir, pick_device(device))
-    corpus = load_corpus(cfg.dataset, resolve_data_dir(cfg.data_dir))
-    if len(corpus.vocab) != model.decoder.weight.shape[0]:
-        raise UserError(f"the corpus now has {len(corpus.vocab)} words, the model {model.decoder.weight.shape[0]}")
-    tokens = getattr(corpus, split)
-    if split == "train" and cfg.train.train_tokens is not None:
-        tokens = tokens[:cfg.train.train_tokens]
-    with torch.no_grad():
-        return evaluate(model, tokens, cfg.train.eval_batch_size)[1]
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m tprop_exp.evaluate", description=__doc__.splitlines()[0])
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--split", choices=("valid", "test", "train"), default="test")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
-    args = p.parse_args(argv)
-    try:
-        ppl = perplexity(args.run_dir, args.split, args.device)
-    except UserError as e:
-        print(f"tprop_exp.evaluate: error: {e}", file=sys.stderr)
-        return 2
-    print(f"{args.run_dir}: {args.split} perplexity {ppl:.4f}")
-    return 0
-
+from tprop_exp.run.evaluate import main
 
 if __name__ == "__main__":
     sys.exit(main())

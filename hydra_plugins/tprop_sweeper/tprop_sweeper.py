@@ -44,7 +44,7 @@ def job_status(job):
 
 class TpropSweeper(BasicSweeper):
     def sweep(self, arguments: List[str]) -> Any:
-        from tprop_exp import checks  # the project, imported only when a sweep runs
+        from tprop_exp.run import checks  # the project, imported only when a sweep runs
 
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])

@@ -27,16 +27,26 @@ process's own part (BTPROP's H and u, a pass's position) as a list by rank,
 gathered to rank 0 when saving and scattered when resuming; a run resumes
 with the number of processes it was started with.
 """
+from __future__ import annotations
+
 import atexit
 import os
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from . import UserError, bptt, btprop, records
-from .data import batchify
+from tprop_exp import UserError
+
+from . import btprop, registry
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from .model import LanguageModel
+    from .optim import ThetaStep
 
 # (rank, world size, local rank): torchrun's names, then SLURM's, then submitit's local executor's.
 ENV_NAMES = (("RANK", "WORLD_SIZE", "LOCAL_RANK"),
@@ -44,7 +54,7 @@ ENV_NAMES = (("RANK", "WORLD_SIZE", "LOCAL_RANK"),
              ("SUBMITIT_LOCAL_GLOBALID", "SUBMITIT_LOCAL_NTASKS", "SUBMITIT_LOCAL_LOCALID"))
 
 
-def environment(env=None):
+def environment(env: Optional[Mapping[str, str]] = None) -> tuple[int, int, int]:
     """(rank, world_size, local_rank) as the launcher set them; (0, 1, 0) alone."""
     env = os.environ if env is None else env
     for rank, world, local in ENV_NAMES:
@@ -56,14 +66,14 @@ def environment(env=None):
     return 0, 1, 0
 
 
-def share(n, rank, world):
+def share(n: int, rank: int, world: int) -> tuple[int, int]:
     """The contiguous range [a, b) of n items that `rank` owns (sizes differ by at most 1)."""
     q, r = divmod(n, world)
     a = rank * q + min(rank, r)
     return a, a + q + (rank < r)
 
 
-def check(cfg, n_tokens, world):
+def check(cfg: DictConfig, n_tokens: int, world: int) -> None:
     """What a shared-out run needs, checked on every process before any communication."""
     if world == 1:
         return
@@ -81,23 +91,23 @@ def check(cfg, n_tokens, world):
 class Comm:
     """One process's place among the others, and the bytes it has sent."""
 
-    def __init__(self, rank, world, device):
+    def __init__(self, rank: int, world: int, device: torch.device) -> None:
         self.rank, self.world, self.device = rank, world, device
         self.nb = None            # batch BTPROP: blocks over all processes
         self.p2p_bytes = 0        # boundary states sent by this process
         self.allreduce_bytes = 0  # θ-gradients, ring model: 2(P-1)/P · size per process
 
     # -- collectives
-    def sum(self, t):
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
         t = t.to(self.device, copy=True)
         dist.all_reduce(t)
         return t
 
-    def norm(self, norm):
+    def norm(self, norm: torch.Tensor) -> torch.Tensor:
         """The 2-norm over every process, given this process's."""
         return self.sum(norm.square()).sqrt()
 
-    def allreduce_grads(self, params):
+    def allreduce_grads(self, params: Iterable[torch.Tensor]) -> None:
         grads = [p.grad for p in params]
         flat = torch.cat([g.flatten() for g in grads])
         dist.all_reduce(flat)
@@ -105,7 +115,7 @@ class Comm:
         for g, part in zip(grads, flat.split([g.numel() for g in grads])):
             g.copy_(part.view_as(g))
 
-    def decide(self, flag):
+    def decide(self, flag: bool) -> bool:
         """Rank 0's yes/no, for all (a clock read on one process only)."""
         t = torch.tensor([float(flag)], device=self.device)
         dist.broadcast(t, 0)
@@ -122,7 +132,7 @@ class Comm:
         for req in dist.batch_isend_irecv(ops) if ops else []:
             req.wait()
 
-    def refresh(self, H):
+    def refresh(self, H: torch.Tensor) -> None:
         """Send H[0] to the left; the ghost row receives the right neighbour's H[0]."""
         left, right = self.rank > 0, self.rank < self.world - 1
         buf = torch.empty_like(H[0]) if right else None
@@ -131,7 +141,7 @@ class Comm:
             with torch.no_grad():
                 H[-1] = buf
 
-    def boundary_grad(self, H):
+    def boundary_grad(self, H: torch.Tensor) -> None:
         """The ghost row's gradient is the right neighbour's: send it, zero it, add the left's."""
         left, right = self.rank > 0, self.rank < self.world - 1
         buf = torch.empty_like(H.grad[0]) if left else None
@@ -141,26 +151,25 @@ class Comm:
         if left:
             H.grad[0] += buf
 
-    def gather(self, obj):
+    def gather(self, obj: Any) -> Optional[list]:
         """Every process's `obj` (moved to the CPU), as a list on rank 0; None elsewhere."""
-        from .train import to_device  # train imports this module
         out = [None] * self.world if self.rank == 0 else None
         dist.gather_object(to_device(obj, "cpu"), out, dst=0)
         return out
 
-    def scatter(self, objs):
+    def scatter(self, objs: Optional[list]) -> Any:
         """Rank 0's list, one element to each process."""
         out = [None]
         dist.scatter_object_list(out, objs if self.rank == 0 else None, src=0)
         return out[0]
 
-    def broadcast(self, obj):
+    def broadcast(self, obj: Any) -> Any:
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
 
-def init(device):
+def init(device: torch.device) -> tuple[Optional[Comm], torch.device]:
     """The process group of a launched job (None when this process runs alone)."""
     rank, world, local = environment()
     if world == 1:
@@ -177,7 +186,7 @@ def init(device):
     return Comm(rank, world, device), device
 
 
-def close():
+def close() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -187,68 +196,77 @@ class SharedTheta:
     its part times `scale`, so that the parts sum to the single-process loss,
     and `step` sums the gradients over processes first."""
 
-    def __init__(self, theta, comm):
+    def __init__(self, theta: ThetaStep, comm: Comm) -> None:
         self.theta, self.comm, self.scale = theta, comm, 1.0
 
     def __getattr__(self, name):  # opt, params, scaler, state_dict, ...
         return getattr(self.theta, name)
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         self.theta.zero_grad()
 
-    def backward(self, loss, extra=()):
+    def backward(self, loss: torch.Tensor, extra: Sequence[torch.Tensor] = ()) -> None:
         self.theta.backward(loss * self.scale, extra)
 
-    def unscale(self, grad):
+    def unscale(self, grad: torch.Tensor) -> torch.Tensor:
         return self.theta.unscale(grad).div_(self.scale)
 
-    def step(self):
+    def step(self) -> None:
         self.comm.allreduce_grads(self.theta.params)
         self.theta.step()
 
 
 class Core:
-    """The trainer's core interface (train_epoch, end_epoch) over processes."""
+    """The trainer's core interface (train_epoch, end_epoch) over processes,
+    for a method that says how it shares out (registry.Method.shares)."""
 
-    def __init__(self, comm, name):
-        self.comm, self.name = comm, name
+    def __init__(self, comm: Comm, method: registry.Method | str) -> None:
+        if isinstance(method, str):  # a registered method's name
+            method = registry.method(method)
+        if method.shares not in ("streams", "blocks"):
+            raise UserError(f"method {method.name} runs in one process only (its registration "
+                            "sets no `shares`)")
+        self.comm, self.method = comm, method
 
-    def end_epoch(self, state, cfg):
-        (bptt if self.name == "bptt" else btprop).end_epoch(state, cfg)
+    def end_epoch(self, state: dict, cfg: DictConfig) -> None:
+        self.method.end_epoch(state, cfg)
 
-    def train_epoch(self, model, theta, stream, cfg, state, epoch=1, pos=None, on_update=None):
-        c = self.comm
-        if self.name == "bptt":
+    def train_epoch(self, model: LanguageModel, theta: SharedTheta, stream: torch.Tensor, cfg: DictConfig,
+                    state: dict, epoch: int = 1, pos: Optional[dict] = None,
+                    on_update: Optional[Callable[[dict], Any]] = None) -> dict:
+        c, method = self.comm, self.method
+        if method.shares == "streams":
             B = cfg.train.batch_size
             T = len(stream) // B
             a, b = share(B, c.rank, c.world)  # these streams: columns a..b-1 of batchify(stream, B)
             theta.scale = (b - a) / B
-            stats = bptt.train_epoch(model, theta, stream[a * T:b * T], local(cfg, b - a), state,
+            stats = method.train_epoch(model, theta, stream[a * T:b * T], local(cfg, b - a), state,
                                      epoch=epoch, pos=pos, on_update=on_update)
             stats["running_nll"] = c.sum(torch.tensor(stats["running_nll"] * theta.scale, dtype=torch.float64)).item()
         elif cfg.method.mode == "minibatch":
             L = len(stream) // c.world
             theta.scale = 1 / c.world
-            stats = btprop.train_epoch(model, theta, stream[c.rank * L:(c.rank + 1) * L],
+            stats = method.train_epoch(model, theta, stream[c.rank * L:(c.rank + 1) * L],
                                        local(cfg, cfg.train.batch_size // c.world), state,
                                        epoch=epoch, pos=pos, on_update=on_update)
             tokens = stats.pop("tokens")
             mean = c.sum(torch.tensor(list(stats.values()), dtype=torch.float64)) / c.world
             stats = {**dict(zip(stats, mean.tolist())), "tokens": tokens}
         else:
-            return batch_btprop_epoch(c, model, theta, stream, cfg, state, epoch)
+            return batch_btprop_epoch(c, model, theta, stream, cfg, state, epoch, method.update)
         stats["tokens"] = int(c.sum(torch.tensor(stats["tokens"])).item())
         return stats
 
 
-def local(cfg, batch_size):
+def local(cfg: DictConfig, batch_size: int) -> DictConfig:
     """The config with this process's batch size."""
     cfg = OmegaConf.create(OmegaConf.to_container(cfg))
     cfg.train.batch_size = batch_size
     return cfg
 
 
-def batch_btprop_epoch(c, model, theta, stream, cfg, state, epoch):
+def batch_btprop_epoch(c: Comm, model: LanguageModel, theta: SharedTheta, stream: torch.Tensor,
+                       cfg: DictConfig, state: dict, epoch: int, update: Callable[..., dict]) -> dict:
     """btprop.train_epoch's batch mode on this process's range of blocks."""
     m = cfg.method
     device = model.decoder.weight.device
@@ -261,14 +279,14 @@ def batch_btprop_epoch(c, model, theta, stream, cfg, state, epoch):
     x, y, c.nb = x[:, a:b], y[:, a:b], nb
     right = c.rank < c.world - 1
     lam = state.setdefault("lam", float(m.lam))
-    duals_on = m.name in btprop.DUAL_METHODS and epoch >= m.u_start_epoch
+    duals_on = epoch >= m.u_start_epoch  # the penalty method has none to turn on
     model.train()
     if state.get("H") is None:
         state["H"] = init_states(c, model, x, m.init)
         state["u"] = torch.zeros(b - a - (not right), model.state_size, dtype=state["H"].dtype, device=device)
     S = btprop.Blocks(x, y, state["H"].requires_grad_(True), state["u"], lam, m.chunk_blocks, comm=c)
     theta.scale = (b - a) / nb
-    sums = btprop.update(model, theta, S, m, duals_on)
+    sums = update(model, theta, S, m, duals_on)
     state["H"] = S.H.detach()
     total = c.sum(torch.stack([sums["ce"], sums["penalty"], sums["residual"],
                                state["u"].norm(dim=1).sum().double()]))
@@ -283,7 +301,7 @@ def batch_btprop_epoch(c, model, theta, stream, cfg, state, epoch):
 
 
 @torch.no_grad()
-def init_states(c, model, x, how):
+def init_states(c: Comm, model: LanguageModel, x: torch.Tensor, how: str) -> torch.Tensor:
     """Step 1 on this range, plus the ghost row: `forward` is one pass that
     goes from process to process (each starts from its left neighbour's last F)."""
     h0 = model.flat_state(model.zero_state(1))
@@ -304,35 +322,13 @@ def init_states(c, model, x, how):
     return H
 
 
-def save(comm, run_dir, ckpt):
-    """Rank 0 writes; every process's core state and position go in, by rank."""
-    states, pos = comm.gather(ckpt["core_state"]), comm.gather(ckpt["pos"])
-    if comm.rank == 0:
-        records.save_checkpoint(run_dir, {**ckpt, "core_state": states, "pos": pos, "world": comm.world})
 
-
-def load(comm, run_dir, config):
-    """The run's checkpoint (None if there is none). Rank 0 reads it; the
-    others get its common part and their own state."""
-    world = 1 if comm is None else comm.world
-    ckpt, error = None, None
-    if comm is None or comm.rank == 0:
-        try:
-            ckpt = records.load_checkpoint(run_dir, config)
-            if ckpt is not None and ckpt.get("world", 1) != world:
-                raise UserError(f"{run_dir} was run by {ckpt.get('world', 1)} processes, "
-                                f"not {world}; resume it with as many")
-        except UserError as e:
-            if comm is None:
-                raise
-            ckpt, error = None, str(e)
-    if comm is None:
-        return ckpt
-    common = {k: v for k, v in ckpt.items() if k not in ("core_state", "pos")} if ckpt else None
-    error, common = comm.broadcast([error, common])
-    if error:
-        raise UserError(error)
-    if common is None:
-        return None
-    return {**common, "core_state": comm.scatter(ckpt and ckpt["core_state"]),
-            "pos": comm.scatter(ckpt and ckpt["pos"])}
+def to_device(obj: Any, device: torch.device | str) -> Any:
+    """Tensors in nested dicts, lists and tuples moved to `device`."""
+    if torch.is_tensor(obj):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj

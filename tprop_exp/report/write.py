@@ -49,11 +49,12 @@ from pathlib import Path
 import pandas as pd
 
 from tprop_exp import UserError
-from tprop_exp.claims import CLAIM_TABLES, claims_markdown, evaluate_claims
-from tprop_exp.plots import curves_figure, diagnostics_figure, hidden_figure, minibatch_figure, save
-from tprop_exp.records import write_text_atomic
-from tprop_exp.runs import load_runs, pooled_keys, unique, varying_keys
-from tprop_exp.tables import KEYS, cell_keys, make_table, select, summarise, to_markdown
+from tprop_exp.run.records import write_text_atomic
+
+from .claims import CLAIM_TABLES, claims_markdown, evaluate_claims
+from .plots import curves_figure, diagnostics_figure, hidden_figure, minibatch_figure, save
+from .runs import load_runs, pooled_keys, unique, varying_keys
+from .tables import KEYS, cell_keys, make_table, select, summarise, to_markdown
 
 ABOUT = {
     "table1_main": (
@@ -209,9 +210,9 @@ def write_report(runs, outdir, command, echo=False):
     return written
 
 
-def main(argv=None):
+def main(argv=None, prog="python -m tprop_exp.report"):
     argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(prog="python -m tprop_exp.report", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("dirs", nargs="+", metavar="DIR", help="sweep or run folders")
     p.add_argument("--out", help="output folder (default: results, or results/<profile> for profile=paper)")
     p.add_argument("--table", help="treat every run as this experiment (its layout)")
@@ -238,6 +239,3 @@ def main(argv=None):
         print("report: wrote " + ", ".join(map(str, paths)), file=sys.stderr)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

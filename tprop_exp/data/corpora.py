@@ -35,8 +35,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tprop_exp import UserError
-from tprop_exp.download import fetch, file_lock
-from tprop_exp.sample_corpus import build_sample
+
+from .download import fetch, file_lock
+from .sample import build_sample
 
 log = logging.getLogger(__name__)
 

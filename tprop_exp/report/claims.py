@@ -9,7 +9,7 @@ dataset; `claims_markdown` renders them with the rules and the numbers.
 
 import pandas as pd
 
-from tprop_exp.stats import (COMPARABLE, FAILS, HOLDS, UNSURE, Z, Cell, combine, comparable,  # noqa: F401
+from .stats import (COMPARABLE, FAILS, HOLDS, UNSURE, Z, Cell, combine, comparable,  # noqa: F401
                              exceeds, fmt_stat, negate, word, worse)
 
 SMALL_GAIN = 0.05   # claim 4: "gains little" = less than 5% lower perplexity

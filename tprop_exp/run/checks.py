@@ -9,21 +9,31 @@
   (hydra_plugins/tprop_sweeper), which records a bad cell as `invalid`.
 - `describe` turns any Hydra or OmegaConf error into one line.
 """
+from __future__ import annotations
+
 import hashlib
 import os
 import re
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, Optional, Sequence
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf import errors as oe
 
-from . import UserError, records, schema
+from tprop_exp import UserError
+
+from . import records, schema
+
+if TYPE_CHECKING:
+    from hydra.core.config_loader import ConfigLoader
+
+    from tprop_exp.data.corpora import Corpus
 
 
-def task_config(root):
+def task_config(root: DictConfig) -> dict:
     """The resolved run config (the composed config less Hydra's own node)."""
     return {k: OmegaConf.to_container(root[k], resolve=True) if isinstance(root[k], DictConfig)
             else root[k] for k in root if k != "hydra"}
@@ -52,7 +62,7 @@ def _a(type_name):
             "str": "a string"}.get(type_name, type_name)
 
 
-def describe(e):
+def describe(e: BaseException) -> str:
     """One line for the user from an exception and its causes."""
     chain, c = [], e
     while c is not None and c not in chain:
@@ -88,20 +98,20 @@ def describe(e):
     return msg
 
 
-def refuse(e):
+def refuse(e: BaseException) -> NoReturn:
     print(f"tprop_exp: error: {describe(e)}", file=sys.stderr, flush=True)
     sys.exit(2)
 
 
 # ------------------------------------------------------------ the checks
 
-def check(root, run_dir=None):
+def check(root: DictConfig, run_dir: Optional[Path] = None) -> None:
     """Validate a composed config; if run_dir holds a run, it must be this one."""
     schema.validate(root)
     if root.get("data_dir") is not None:
         _placeable(Path(str(root.data_dir)).expanduser(), "data_dir")
     if root.dataset.source == "local":
-        from .data import _local_paths
+        from tprop_exp.data.corpora import _local_paths
         _local_paths(root.dataset)  # the user's files exist and are not empty
     if run_dir is None:
         return
@@ -121,7 +131,7 @@ def _placeable(path, key):
         raise UserError(f"{key}: {path} cannot be a folder, {above} is a file")
 
 
-def data_sizes(cfg, corpus):
+def data_sizes(cfg: DictConfig, corpus: Corpus) -> None:
     """The loaded corpus is long enough for the batch sizes (the key at fault named)."""
     t = cfg.train
     n = len(corpus.train)
@@ -151,7 +161,7 @@ def _ancestor(path):
 FRESH = {}
 
 
-def forget(run_dir):
+def forget(run_dir: str | Path) -> None:
     """Remove a run folder that this command made and that holds only Hydra's
     files (.hydra/, the log, the lock), and the empty folders made above it:
     bad input found while loading the data leaves nothing behind."""
@@ -174,7 +184,7 @@ def forget(run_dir):
 class CheckRun(Callback):
     """Hydra calls on_run_start before it makes the run folder (single runs)."""
 
-    def on_run_start(self, config, **kwargs):
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Hydra turns a callback's exception into a warning, so refuse here.
         try:
             run_dir = Path(str(config.hydra.run.dir))
@@ -185,7 +195,7 @@ class CheckRun(Callback):
             refuse(e)
 
 
-def check_cell(config_loader, master, cell):
+def check_cell(config_loader: ConfigLoader, master: DictConfig, cell: Sequence[str]) -> Optional[str]:
     """None if a sweep cell composes and passes the checks, else one line."""
     try:
         cfg = config_loader.load_sweep_config(master_config=master, sweep_overrides=list(cell))
@@ -195,7 +205,7 @@ def check_cell(config_loader, master, cell):
         return describe(e)
 
 
-def record_invalid(sweep_dir, cell, error):
+def record_invalid(sweep_dir: str | Path, cell: Sequence[str], error: str) -> None:
     """`invalid-<hash of the cell's overrides>/result.json` in the sweep folder."""
     digest = hashlib.sha1("\n".join(sorted(cell)).encode()).hexdigest()[:10]
     run_dir = Path(sweep_dir) / f"invalid-{digest}"

@@ -7,17 +7,25 @@ predicted token). The NLL is summed in float64 whatever the precision.
 The same evaluation over (a prefix of) the training split gives every
 method's `train_ppl`.
 """
+from __future__ import annotations
+
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
-from . import UserError
-from .data import batchify, windows
-from .models import token_nll
+from tprop_exp import UserError
+from tprop_exp.data.corpora import batchify, windows
+
+from .model import token_nll
+
+if TYPE_CHECKING:
+    from .model import LanguageModel
 
 
 @torch.no_grad()
-def evaluate(model, tokens, n_streams, window=256):
+def evaluate(model: LanguageModel, tokens: torch.Tensor, n_streams: int,
+             window: int = 256) -> tuple[float, float]:
     """Mean NLL and perplexity of `model` on a 1-D token stream.
 
     `window` only bounds memory: the state is carried between windows, so the
@@ -43,6 +51,6 @@ def evaluate(model, tokens, n_streams, window=256):
     return nll, perplexity(nll)
 
 
-def perplexity(nll):
+def perplexity(nll: float) -> float:
     """exp(nll), inf instead of an overflow for a diverged model."""
     return math.exp(nll) if nll < 700 else math.inf

@@ -17,8 +17,9 @@ import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import LogFormatter, MaxNLocator  # noqa: E402
 
-from tprop_exp.records import atomic_write  # noqa: E402
-from tprop_exp.runs import NUMERIC, load_history, unique  # noqa: E402
+from tprop_exp.run.records import atomic_write  # noqa: E402
+
+from .runs import NUMERIC, load_history, unique  # noqa: E402
 
 # BTPROP's own per-epoch terms (metrics.jsonl), with axis labels; log scale for the norms.
 DIAGNOSTICS = [("penalty", "penalty term", True), ("residual", "residual ‖F_b − H_{b+1}‖", True),

@@ -1,52 +1,69 @@
 """The language model (SPEC §1): embedding, recurrent cell, linear decoder.
 
-The recurrent cell is a torch.nn RNN/GRU/LSTM module, so a GPU runs cuDNN.
-Tensors are time-major: tokens (T, n) -> logits (T, n, V).
+The recurrent cell is a registered cell (core/registry.py); the built-in ones
+are torch.nn's RNN/GRU/LSTM modules, so a GPU runs cuDNN. Tensors are
+time-major: tokens (T, n) -> logits (T, n, V).
 
 The *state* is what the recurrence carries: a tensor (L, n, d) for RNN/GRU and
 a pair (h, c) of such tensors for LSTM. BTPROP keeps free variables in that
 space, flattened per sequence to a vector of size `state_size` by `flat_state`.
 """
+from __future__ import annotations
+
 import contextlib
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+from . import registry
+from .registry import Cell, register_cell
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+register_cell(Cell("rnn", lambda d, L: nn.RNN(d, d, L)))   # tanh RNN
+register_cell(Cell("gru", lambda d, L: nn.GRU(d, d, L)))
+register_cell(Cell("lstm", lambda d, L: nn.LSTM(d, d, L), parts=2))
+TORCH_CELLS = (nn.RNN, nn.GRU, nn.LSTM)  # states_every's fast path knows their weights
 # train.precision: the dtype of the forward pass under autocast (weights stay fp32).
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class LanguageModel(nn.Module):
-    def __init__(self, vocab_size, cell="lstm", hidden_size=100, num_layers=1, init_range=0.1):
+    def __init__(self, vocab_size: int, cell: str = "lstm", hidden_size: int = 100, num_layers: int = 1,
+                 init_range: float = 0.1) -> None:
         super().__init__()
-        if cell not in CELLS:
-            raise ValueError(f"unknown cell {cell!r}; choose one of {sorted(CELLS)}")
+        if cell not in registry.CELLS:
+            raise ValueError(f"unknown cell {cell!r}; choose one of {sorted(registry.CELLS)}")
         self.cell, self.hidden_size, self.num_layers = cell, hidden_size, num_layers
+        self.parts = registry.CELLS[cell].parts  # 2: the state is a pair (h, c)
         self.embed = nn.Embedding(vocab_size, hidden_size)  # embedding size = hidden size
-        self.rnn = CELLS[cell](hidden_size, hidden_size, num_layers)
+        self.rnn = registry.CELLS[cell].make(hidden_size, num_layers)
         self.decoder = nn.Linear(hidden_size, vocab_size)
         self.amp_dtype = None  # set by the trainer from train.precision
         # One layer of the cell, weightless: `states_every` runs layer l through it
         # with layer l's weights (a tuple keeps it out of the parameters).
-        self._one = (CELLS[cell](hidden_size, hidden_size, 1, device="meta"),)
+        kind = type(self.rnn)
+        self._one = (kind(hidden_size, hidden_size, 1, device="meta"),) if kind in TORCH_CELLS else None
         for p in self.parameters():
             nn.init.uniform_(p, -init_range, init_range)
 
     @property
-    def state_size(self):
+    def state_size(self) -> int:
         """Length of one sequence's flattened state: L·d, or 2·L·d for an LSTM."""
-        return self.num_layers * self.hidden_size * (2 if self.cell == "lstm" else 1)
+        return self.num_layers * self.hidden_size * self.parts
 
-    def autocast(self):
+    def autocast(self) -> contextlib.AbstractContextManager:
         """Mixed precision for the forward pass (a no-op for fp32)."""
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.decoder.weight.device.type, dtype=self.amp_dtype)
 
-    def forward(self, tokens, state):
+    def forward(self, tokens: torch.Tensor, state: torch.Tensor | tuple[torch.Tensor, ...]
+                ) -> tuple[torch.Tensor, torch.Tensor | tuple[torch.Tensor, ...]]:
         """tokens (T, n), state for n sequences -> logits (T, n, V), final state.
 
         Under mixed precision the logits come in the reduced dtype (token_nll
@@ -58,14 +75,16 @@ class LanguageModel(nn.Module):
             logits = self.decoder(out)
         return logits, self._cast(state)
 
-    def final_state(self, tokens, state):
+    def final_state(self, tokens: torch.Tensor, state: torch.Tensor | tuple[torch.Tensor, ...]
+                    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """The recurrence alone, no decoder: tokens (T, n), state -> final state."""
         with self.autocast():
             state = self.rnn(self.embed(tokens), state)[1]
         return self._cast(state)
 
     @torch.no_grad()
-    def states_every(self, tokens, state, K):
+    def states_every(self, tokens: torch.Tensor, state: torch.Tensor | tuple[torch.Tensor, ...], K: int
+                     ) -> tuple[torch.Tensor, torch.Tensor | tuple[torch.Tensor, ...]]:
         """One stream of whole blocks: tokens (T, 1), T a multiple of K, state
         -> its flattened state after steps K, 2K, ..., T, shape (T/K,
         state_size), and the final state.
@@ -78,7 +97,9 @@ class LanguageModel(nn.Module):
         c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t: composed over each block's K steps
         (all blocks at once), then across blocks by a parallel scan.
         """
-        L, lstm = self.num_layers, self.cell == "lstm"
+        if self._one is None:
+            return self._states_every_block(tokens, state, K)
+        L, lstm = self.num_layers, isinstance(self.rnn, nn.LSTM)
         h0, c0 = state if lstm else (state, None)
         ends, final_h, final_c = [], [], []
         with self.autocast():
@@ -108,36 +129,47 @@ class LanguageModel(nn.Module):
         final = (torch.cat(final_h), torch.cat(final_c)) if lstm else torch.cat(final_h)
         return flat.to(self.decoder.weight.dtype), self._cast(final)
 
+    def _states_every_block(self, tokens, state, K):
+        """states_every for a cell of one's own: block by block (a loop over blocks)."""
+        ends = []
+        with self.autocast():
+            inp = self.embed(tokens)
+            for i in range(0, tokens.shape[0], K):
+                state = self.rnn(inp[i:i + K], state)[1]
+                ends.append(self.flat_state(self._cast(state)))
+        return torch.cat(ends).to(self.decoder.weight.dtype), self._cast(state)
+
     def _cast(self, state):
         dtype = self.decoder.weight.dtype
         return tuple(s.to(dtype) for s in state) if isinstance(state, tuple) else state.to(dtype)
 
-    def zero_state(self, n, device=None, dtype=None):
+    def zero_state(self, n: int, device: Optional[torch.device] = None,
+                   dtype: Optional[torch.dtype] = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
         p = self.decoder.weight
         z = torch.zeros(self.num_layers, n, self.hidden_size,
                         device=device or p.device, dtype=dtype or p.dtype)
-        return (z, z.clone()) if self.cell == "lstm" else z
+        return tuple(z.clone() for _ in range(self.parts)) if self.parts > 1 else z
 
-    def flat_state(self, state):
+    def flat_state(self, state: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
         """State for n sequences -> (n, state_size); layer-major, h before c."""
         parts = state if isinstance(state, tuple) else (state,)
         return torch.cat([s.transpose(0, 1).reshape(s.shape[1], -1) for s in parts], dim=1)
 
-    def unflat_state(self, flat):
+    def unflat_state(self, flat: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """(n, state_size) -> the module's state for n sequences (inverse of flat_state)."""
         n, L, d = flat.shape[0], self.num_layers, self.hidden_size
         parts = [p.reshape(n, L, d).transpose(0, 1).contiguous()
                  for p in flat.split(L * d, dim=1)]
-        return tuple(parts) if self.cell == "lstm" else parts[0]
+        return tuple(parts) if self.parts > 1 else parts[0]
 
 
-def token_nll(logits, targets):
+def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per-token negative log-likelihood (T, n), computed in fp32 or better."""
     nll = F.cross_entropy(_fp32(logits).flatten(0, 1), targets.flatten(), reduction="none")
     return nll.view(targets.shape)
 
 
-def mean_nll(logits, targets):
+def mean_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean NLL over all tokens in one fused kernel (BPTT's loss, every update)."""
     return F.cross_entropy(_fp32(logits).flatten(0, 1), targets.flatten())
 
@@ -147,7 +179,7 @@ def _fp32(logits):
     return logits.float() if logits.dtype in (torch.bfloat16, torch.float16) else logits
 
 
-def linear_scan(a, b, c0):
+def linear_scan(a: torch.Tensor, b: torch.Tensor, c0: torch.Tensor) -> torch.Tensor:
     """c_t = a_t ⊙ c_{t-1} + b_t for t = 1..T, from c0: (T, d), (T, d), (d,) -> (T, d).
 
     Hillis–Steele scan: after the round with offset s, row t holds the
@@ -164,11 +196,13 @@ def linear_scan(a, b, c0):
     return b
 
 
-def detach(state):
+def detach(state: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """Cut the graph at a window boundary: no gradient crosses it."""
     return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
 
 
-def build_model(arch_cfg, vocab_size):
+def build_model(arch_cfg: DictConfig, vocab_size: int) -> LanguageModel:
+    """The model of a run's `arch` config (importing `arch._target_`, a cell of one's own, first)."""
+    registry.cell(arch_cfg.cell, arch_cfg.get("_target_"))
     return LanguageModel(vocab_size, cell=arch_cfg.cell, hidden_size=arch_cfg.hidden_size,
                          num_layers=arch_cfg.num_layers, init_range=arch_cfg.init_range)

@@ -10,17 +10,33 @@ each stream are dropped, as BTPROP drops its tail.
 accumulates the exact gradient of the mean NLL over every window of the epoch
 and makes one update per pass.
 
-The trainer's interface, shared with btprop: `train_epoch(model, theta,
+The trainer's interface (core/registry.py): `train_epoch(model, theta,
 stream, cfg, state, epoch)` and `end_epoch(state, cfg)`.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
 import torch
 
-from . import UserError
-from .data import batchify, windows
-from .models import detach, mean_nll
+from tprop_exp import UserError
+from tprop_exp.data.corpora import batchify, windows
+
+from . import BTPropConf
+from ..model import detach, mean_nll
+from ..registry import Method, register_method
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from ..distributed import SharedTheta
+    from ..model import LanguageModel
+    from ..optim import ThetaStep
 
 
-def train_epoch(model, theta, stream, cfg, state, epoch=1, pos=None, on_update=None):
+def train_epoch(model: LanguageModel, theta: ThetaStep | SharedTheta, stream: torch.Tensor, cfg: DictConfig,
+                state: dict, epoch: int = 1, pos: Optional[dict] = None,
+                on_update: Optional[Callable[[dict], Any]] = None) -> dict:
     """One pass over the training stream.
 
     Returns {"running_nll": mean NLL of the windows as θ moved, "tokens": n}.
@@ -59,5 +75,11 @@ def train_epoch(model, theta, stream, cfg, state, epoch=1, pos=None, on_update=N
     return {"running_nll": nll_sum.item() / nw, "tokens": nw * K * B}
 
 
-def end_epoch(state, cfg):
+def end_epoch(state: dict, cfg: DictConfig) -> None:
     """Nothing to carry into the next epoch."""
+
+
+# BPTT's config has the BTPROP keys too, so that one sweep may mix methods;
+# it reads only these, and only these make its identity.
+register_method(Method("bptt", train_epoch, end_epoch, schema=BTPropConf,
+                       reads=("name", "mode", "block_size"), shares="streams"))

@@ -11,28 +11,25 @@ import hashlib
 import json
 import math
 import re
+from pathlib import Path
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+from omegaconf import errors as oe
 
-from . import UserError
+from tprop_exp import UserError
+from tprop_exp.core import registry
+from tprop_exp.core.methods import BTPropConf
+from tprop_exp.core.registry import MethodConf, added, volatile  # noqa: F401  (added: for new keys)
 
-METHODS = ("bptt", "penalty", "admm", "alm")
-CELLS = ("rnn", "gru", "lstm")              # models.CELLS
-OPTIMIZERS = ("sgd", "adagrad", "adam")     # optim.OPTIMIZERS
-H_OPTIMIZERS = ("adagrad", "sgd")           # btprop.H_OPTIMIZERS
-INITS = ("forward", "zero")                 # btprop.INITS
+CONF = str(Path(__file__).resolve().parents[1] / "conf")  # the shipped config files
+OPTIMIZERS = ("sgd", "adagrad", "adam")     # core/optim.py OPTIMIZERS
 MODES = ("minibatch", "batch")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DTYPES = ("float32", "float64")
 LEVELS = ("char", "word")
-
-
-def volatile(default):
-    """A key that does not change what a run computes (not part of its identity)."""
-    return field(default=default, metadata={"identity": False})
 
 
 @dataclass
@@ -59,34 +56,13 @@ class TrainConf:
 
 @dataclass
 class ArchConf:
+    _target_: Optional[str] = volatile(None)  # the module of a cell of one's own (core/registry.py)
     cell: str = "lstm"
     hidden_size: int = 128
     num_layers: int = 1
     init_range: float = 0.1
 
 
-@dataclass
-class MethodConf:
-    """One schema for every method, so that a sweep may mix them; BPTT reads
-    only name, mode and block_size."""
-    name: str = "bptt"
-    mode: str = "minibatch"
-    block_size: int = 35
-    init: str = "forward"
-    h_steps: int = 10
-    h_optimizer: str = "adagrad"
-    h_lr: float = 1.0
-    h_tol: float = 1e-5
-    h_clip: float = 0.0
-    theta_steps: int = 1
-    lam: float = 1.0
-    lam_mult: float = 1.0
-    u_lr: float = 0.1
-    u_start_epoch: int = 3
-    chunk_blocks: int = 512
-
-
-BPTT_KEYS = ("name", "mode", "block_size")
 
 
 @dataclass
@@ -147,12 +123,16 @@ class Config:
     data_dir: Optional[str] = volatile(None)
     dataset: DatasetConf = field(default_factory=DatasetConf)
     arch: ArchConf = field(default_factory=ArchConf)
-    method: MethodConf = field(default_factory=MethodConf)
+    # Each method's YAML brings its own schema (conf/method; core/registry.py),
+    # so that a method of one's own can have keys of its own.
+    method: Any = None
     train: TrainConf = field(default_factory=TrainConf)
     logger: Any = volatile(None)  # conf/logger: where metrics go; never what a run computes
 
 
 ConfigStore.instance().store(name="config_schema", node=Config)
+# The schema of the built-in methods' keys: conf/method/*.yaml start from it.
+ConfigStore.instance().store(group="schema", name="btprop", node=BTPropConf)
 
 
 # ------------------------------------------------------------------ checks
@@ -161,7 +141,7 @@ def _bad(key, value, allowed):
     raise UserError(f"{key}: {value!r} is not allowed; it must be {allowed}")
 
 
-def unknown_keys(node, prefix=""):
+def unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
     """Keys added to a typed node (Hydra's `+key=value` opens it), dotted."""
     kind = OmegaConf.get_type(node)
     allowed = {f.name for f in fields(kind)} if is_dataclass(kind) else None
@@ -178,24 +158,24 @@ def unknown_keys(node, prefix=""):
     return out
 
 
-def validate(cfg):
+def validate(cfg: DictConfig) -> None:
     """Range, choice and per-method checks of a composed config (UserError, one line)."""
     extra = unknown_keys(cfg)
     if extra:
         raise UserError(f"unknown key {extra[0]} (see tprop_exp/schema.py for the keys)")
     t, a, m, d = cfg.train, cfg.arch, cfg.method, cfg.dataset
 
-    def positive(key, value, optional=False):
+    def positive(key: str, value: Optional[float], optional: bool = False) -> None:
         if value is None and optional:
             return
         if value is None or not math.isfinite(value) or value <= 0:
             _bad(key, value, "a positive number" + (" or null" if optional else ""))
 
-    def at_least(key, value, low):
+    def at_least(key: str, value: Optional[float], low: float) -> None:
         if value is None or not math.isfinite(value) or value < low:
             _bad(key, value, f"a finite number >= {low}")
 
-    def choice(key, value, allowed):
+    def choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
         if value not in allowed:
             _bad(key, value, "one of " + ", ".join(allowed))
 
@@ -214,26 +194,27 @@ def validate(cfg):
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", t.device):
         _bad("train.device", t.device, "auto, cpu or cuda[:N]")
 
-    choice("arch.cell", a.cell, CELLS)
+    registry.cell(a.cell, a._target_)  # a cell of one's own registers when its module is imported
     positive("arch.hidden_size", a.hidden_size)
     positive("arch.num_layers", a.num_layers)
     at_least("arch.init_range", a.init_range, 0)
 
-    choice("method.name", m.name, METHODS)
+    method = registry.method(m.get("name"), m.get("_target_"))  # imports a method of one's own
+    m = method_config(cfg.method, method.schema)
     choice("method.mode", m.mode, MODES)
     positive("method.block_size", m.block_size)
-    # BPTT ignores the BTPROP keys, but they are checked for every method so
-    # that a mixed sweep fails on its first cell, not on its first BTPROP cell.
-    choice("method.init", m.init, INITS)
-    choice("method.h_optimizer", m.h_optimizer, H_OPTIMIZERS)
-    positive("method.chunk_blocks", m.chunk_blocks)
-    for key in ("h_steps", "theta_steps", "u_start_epoch", "h_lr", "h_tol", "h_clip", "lam", "u_lr"):
-        at_least(f"method.{key}", m[key], 0)
-    positive("method.lam_mult", m.lam_mult)
-    if m.name in ("penalty", "admm") and m.theta_steps < 1:
-        _bad("method.theta_steps", m.theta_steps, f"at least 1 for {m.name}, or θ never trains")
-    if m.name == "alm" and m.h_steps < 1:
-        _bad("method.h_steps", m.h_steps, "at least 1 for alm (it counts the joint (H, θ) steps)")
+    if isinstance(m, BTPropConf):
+        # BPTT ignores the BTPROP keys, but they are checked for every method so
+        # that a mixed sweep fails on its first cell, not on its first BTPROP cell.
+        from tprop_exp.core import btprop
+        choice("method.init", m.init, btprop.INITS)
+        choice("method.h_optimizer", m.h_optimizer, tuple(btprop.H_OPTIMIZERS))
+        positive("method.chunk_blocks", m.chunk_blocks)
+        for key in ("h_steps", "theta_steps", "u_start_epoch", "h_lr", "h_tol", "h_clip", "lam", "u_lr"):
+            at_least(f"method.{key}", getattr(m, key), 0)
+        positive("method.lam_mult", m.lam_mult)
+    if method.check is not None:
+        method.check(m)
 
     choice("dataset.level", d.level, LEVELS)
     if d.vocab_size is not None and d.vocab_size < 2:
@@ -246,6 +227,20 @@ def validate(cfg):
         _bad("dataset.valid_frac", d.valid_frac,
              f"a number below {1 - d.train_frac:g} (train_frac + valid_frac < 1, the rest is test)")
     positive("seeds", cfg.seeds)
+
+
+def method_config(node: DictConfig, schema: type) -> MethodConf:
+    """The method node as its schema's dataclass: a method of one's own whose
+    YAML has no schema in its defaults is checked here (unknown keys, types)."""
+    typed = OmegaConf.get_type(node)
+    if isinstance(typed, type) and issubclass(typed, schema):
+        return OmegaConf.to_object(node)
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
+    except oe.ConfigKeyError as e:
+        raise UserError(f"unknown key method.{e.key} (the keys of {schema.__name__})") from None
+    except oe.ValidationError as e:
+        raise UserError(f"method.{e.key}: {e.msg.splitlines()[0]}") from None
 
 
 # ---------------------------------------------------------------- identity
@@ -261,10 +256,22 @@ def _excluded(schema=Config, prefix=""):
     return out
 
 
+def _added(schema=Config, prefix=""):
+    """{dotted key: default} of the keys marked `added` (core/registry.py)."""
+    out = {}
+    for f in fields(schema):
+        if f.metadata.get("added"):
+            out[prefix + f.name] = f.default
+        elif is_dataclass(f.default_factory if f.default_factory is not None else None):
+            out.update(_added(f.default_factory, f"{prefix}{f.name}."))
+    return out
+
+
 EXCLUDED = tuple(_excluded())
+ADDED = _added()
 
 
-def identity(config):
+def identity(config: dict) -> dict:
     """A resolved config (dict) less the keys that do not change the result."""
     cfg = json.loads(json.dumps(config))
     cfg.pop("hydra", None)
@@ -275,21 +282,34 @@ def identity(config):
             node = node.get(k) or {}
         node.pop(leaf, None)
     method = cfg.get("method") or {}
-    if method.get("name") == "bptt":  # BPTT reads none of the BTPROP keys
-        cfg["method"] = {k: v for k, v in method.items() if k in BPTT_KEYS}
+    method.pop("_target_", None)  # where its code lives, not what it computes
+    registry.load(None, "method")
+    entry = registry.METHODS.get(method.get("name"))  # None: not registered here
+    added = dict(ADDED)
+    if entry is not None:
+        added.update({f"method.{k}": v for k, v in _added(entry.schema).items()})
+        if entry.reads is not None:  # e.g. BPTT reads none of the BTPROP keys
+            cfg["method"] = {k: v for k, v in method.items() if k in entry.reads}
+    for key, default in added.items():  # added keys at their default: as before they existed
+        *parents, leaf = key.split(".")
+        node = cfg
+        for k in parents:
+            node = node.get(k) or {}
+        if leaf in node and node[leaf] == default:
+            del node[leaf]
     return cfg
 
 
-def run_hash(config):
+def run_hash(config: dict) -> str:
     text = json.dumps(identity(config), sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
-def run_folder_name(config, limit=40):
+def run_folder_name(config: dict, limit: int = 40) -> str:
     """`<method>-K<block size>[-h<h-steps>]-<cell><hidden>-<dataset>-<hash>`, filesystem-safe."""
     m, d, a = config.get("method", {}), config.get("dataset", {}), config.get("arch", {})
     parts = [m.get("name"), m.get("mode") == "batch" and "batch", f"K{m.get('block_size')}"]
-    if m.get("name") != "bptt":
+    if m.get("name") != "bptt" and m.get("h_steps") is not None:
         parts.append(f"h{m.get('h_steps')}")
     parts += [f"{a.get('cell')}{a.get('hidden_size')}", d.get("name")]
     prefix = "-".join(str(p) for p in parts if p)
@@ -297,9 +317,9 @@ def run_folder_name(config, limit=40):
     return f"{prefix}-{run_hash(config)}"
 
 
-def differences(old, new):
+def differences(old: dict, new: dict) -> list[str]:
     """`key: old -> new` for every identity key that differs (dotted keys)."""
-    def flat(d, prefix=""):
+    def flat(d: dict, prefix: str = "") -> dict:
         out = {}
         for k, v in d.items():
             if isinstance(v, dict) and v:

@@ -14,16 +14,22 @@ Metric loggers (`logger=` config group): none, csv, tensorboard, wandb,
 mlflow. Each gets the per-epoch rows of metrics.jsonl and the per-interval
 training scalars; the optional ones are imported only when chosen.
 """
+from __future__ import annotations
+
 import csv
 import logging
 import math
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
 
 from tqdm import tqdm
 
-from . import UserError
+from tprop_exp import UserError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 log = logging.getLogger("tprop_exp")
 
@@ -32,16 +38,16 @@ class Formatter(logging.Formatter):
     """Adds `run_label` to every record: the run folder's name (shortened),
     after the job's number in a sweep."""
 
-    def __init__(self, fmt=None, datefmt=None):
+    def __init__(self, fmt: Optional[str] = None, datefmt: Optional[str] = None) -> None:
         super().__init__(fmt, datefmt)
         self.label = run_label()
 
-    def format(self, record):
+    def format(self, record: logging.LogRecord) -> str:
         record.run_label = self.label
         return super().format(record)
 
 
-def run_label():
+def run_label() -> str:
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
@@ -54,7 +60,7 @@ def run_label():
     return f"{hc.job.num}:{name}" if hc.mode == RunMode.MULTIRUN else name
 
 
-def number(v):
+def number(v: Any) -> str:
     """Readable numbers: 39,390 rather than 3.939e+04."""
     if isinstance(v, bool) or not isinstance(v, float):
         return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
@@ -67,14 +73,15 @@ def number(v):
     return f"{v:.2e}"
 
 
-def fields(row):
+def fields(row: dict) -> str:
     return "  ".join(f"{k} {number(v)}" for k, v in row.items())
 
 
 class Progress:
     """One epoch's updates: call `update(pos)` after each (pos from the core)."""
 
-    def __init__(self, epoch, start, total, block_size, batch_size, interval_s, metrics, step0):
+    def __init__(self, epoch: int, start: int, total: Optional[int], block_size: int, batch_size: int,
+                 interval_s: float, metrics: NoLogger, step0: int) -> None:
         self.epoch, self.update_n, self.B = epoch, start, batch_size
         self.tpu = block_size * batch_size  # tokens per update, BPTT and BTPROP alike
         self.interval, self.metrics, self.step0 = interval_s, metrics, step0
@@ -84,7 +91,7 @@ class Progress:
             self.bar = tqdm(total=total, initial=start, desc=f"epoch {epoch}", leave=False,
                             unit="upd", dynamic_ncols=True)
 
-    def update(self, pos):
+    def update(self, pos: dict) -> None:
         self.update_n = pos["update"]
         if self.bar is not None:
             self.bar.update(self.update_n - self.bar.n)
@@ -102,12 +109,12 @@ class Progress:
         # step: training tokens so far, counted across epochs (epoch/* scalars use the epoch)
         self.metrics.log({"loss": loss, "tokens_per_s": rate}, self.step0 + self.update_n * self.tpu, "train")
 
-    def close(self):
+    def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
 
 
-def running_loss(pos, batch_size):
+def running_loss(pos: dict, batch_size: int) -> float:
     """The epoch's running loss so far, from the pos dict a core hands on_update:
     BPTT's NLL summed over windows, BTPROP's CE summed over blocks (B per update)."""
     if "nll_sum" in pos:
@@ -118,17 +125,17 @@ def running_loss(pos, batch_size):
 # --- metric loggers ------------------------------------------------------------
 
 class NoLogger:
-    def log(self, scalars, step, prefix):
+    def log(self, scalars: dict, step: int, prefix: str) -> None:
         pass
 
-    def close(self):
+    def close(self) -> None:
         pass
 
 
 class CSVLogger(NoLogger):
     """`<run dir>/scalars.csv`, one row per value: step, name, value."""
 
-    def __init__(self, run_dir):
+    def __init__(self, run_dir: str | Path) -> None:
         path = Path(run_dir) / "scalars.csv"
         new = not path.exists()
         self.f = open(path, "a", newline="")
@@ -136,47 +143,47 @@ class CSVLogger(NoLogger):
         if new:
             self.w.writerow(["step", "name", "value"])
 
-    def log(self, scalars, step, prefix):
+    def log(self, scalars: dict, step: int, prefix: str) -> None:
         for k, v in scalars.items():
             self.w.writerow([step, f"{prefix}/{k}", v])
         self.f.flush()
 
-    def close(self):
+    def close(self) -> None:
         self.f.close()
 
 
 class TensorBoardLogger(NoLogger):
     """Event files in `<run dir>/tensorboard`."""
 
-    def __init__(self, run_dir):
+    def __init__(self, run_dir: str | Path) -> None:
         from torch.utils.tensorboard import SummaryWriter
         self.w = SummaryWriter(str(Path(run_dir) / "tensorboard"))
 
-    def log(self, scalars, step, prefix):
+    def log(self, scalars: dict, step: int, prefix: str) -> None:
         for k, v in scalars.items():
             self.w.add_scalar(f"{prefix}/{k}", v, step)
 
-    def close(self):
+    def close(self) -> None:
         self.w.close()
 
 
 class WandbLogger(NoLogger):
-    def __init__(self, run_dir, cfg, config):
+    def __init__(self, run_dir: str | Path, cfg: DictConfig, config: dict) -> None:
         import wandb
         self.wandb = wandb
         self.run = wandb.init(project=cfg.get("project"), entity=cfg.get("entity"), mode=cfg.get("mode"),
                               name=Path(run_dir).name, dir=str(run_dir), config=config,
                               id=cfg.get("id"), resume="allow")
 
-    def log(self, scalars, step, prefix):
+    def log(self, scalars: dict, step: int, prefix: str) -> None:
         self.run.log({f"{prefix}/{k}": v for k, v in scalars.items()}, step=step)
 
-    def close(self):
+    def close(self) -> None:
         self.run.finish()
 
 
 class MLflowLogger(NoLogger):
-    def __init__(self, run_dir, cfg, config):
+    def __init__(self, run_dir: str | Path, cfg: DictConfig, config: dict) -> None:
         import mlflow
         self.mlflow = mlflow
         if cfg.get("tracking_uri"):
@@ -185,14 +192,14 @@ class MLflowLogger(NoLogger):
         mlflow.start_run(run_name=Path(run_dir).name)
         mlflow.log_params(flat(config))
 
-    def log(self, scalars, step, prefix):
+    def log(self, scalars: dict, step: int, prefix: str) -> None:
         self.mlflow.log_metrics({f"{prefix}/{k}": v for k, v in scalars.items()}, step=step)
 
-    def close(self):
+    def close(self) -> None:
         self.mlflow.end_run()
 
 
-def flat(d, prefix=""):
+def flat(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
@@ -205,7 +212,7 @@ def flat(d, prefix=""):
 EXTRAS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 
-def build(cfg, run_dir, config):
+def build(cfg: Optional[DictConfig], run_dir: str | Path, config: dict) -> NoLogger:
     """The metric logger that `logger.name` names (cfg: the logger group, or None)."""
     name = "none" if cfg is None else cfg.name
     try:

@@ -3,8 +3,8 @@ and the formatted tables (DataFrames of 'mean ± std (n)' text)."""
 
 import pandas as pd
 
-from tprop_exp.stats import fmt_stat
-from tprop_exp.runs import NUMERIC, varying_keys
+from .runs import NUMERIC, varying_keys
+from .stats import fmt_stat
 
 METRICS = {"valid": "best_valid_ppl", "test": "test_ppl", "train": "train_ppl"}
 

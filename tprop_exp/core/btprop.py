@@ -29,24 +29,34 @@ One update (`update`), the steps of SPEC §1:
      further steps: no host sync in the loop);
   3. n_θ θ-steps on θ, H fixed (the run's optimizer, global-norm clipping);
   4. dual step  u_b ← u_b + ρ (F_b − H_{b+1})  (ADMM, ALM; from u_start_epoch).
-ADMM orders 3 and 4 by mode, so that the duals always act: batch mode (u
-persists) h → θ → dual, the textbook order; mini-batch mode (u restarts with
-every mini-batch) h → dual → θ, as in the authors' code.
-ALM replaces 2–4 with n_h rounds of one joint gradient step on (H, θ) and a
-dual step, so the duals act on every joint step after the first.
+How a method orders steps 2–4 is the method's own module (core/methods/:
+penalty.py, admm.py, alm.py); this module holds the objective and the steps.
 """
+from __future__ import annotations
+
+import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 
-from . import UserError
-from .data import windows
-from .models import token_nll
+from tprop_exp import UserError
+from tprop_exp.data.corpora import windows
+
+from .model import token_nll
+from .methods import BTPropConf
+from .registry import Method
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from .distributed import Comm, SharedTheta
+    from .model import LanguageModel
+    from .optim import ThetaStep
 
 INITS = ("forward", "zero")  # method.init
 # method.h_optimizer: optimizers that stay put on a zero gradient (see masked_step)
 H_OPTIMIZERS = {"adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
-DUAL_METHODS = ("admm", "alm")
 
 
 @dataclass
@@ -63,22 +73,24 @@ class Blocks:
     comm: object = None
 
     @property
-    def n(self):
+    def n(self) -> int:
         return self.x.shape[1]
 
-    def chunks(self, n=None):
+    def chunks(self, n: Optional[int] = None) -> list[tuple[int, int]]:
         """Ranges (i, j) of at most `chunk` blocks covering the first n (all)."""
         n = self.n if n is None else n
         return [(i, min(i + self.chunk, n)) for i in range(0, n, self.chunk)]
 
 
-def blocks(stream, K):
+def blocks(stream: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, targets) of shape (K, nb): column b is block b of the stream."""
     x, y, _ = windows(stream.view(-1, 1), K)
     return x[..., 0].t(), y[..., 0].t()
 
 
-def chunk_terms(model, x, y, H, H_next, u, lam):
+def chunk_terms(model: LanguageModel, x: torch.Tensor, y: torch.Tensor, H: torch.Tensor,
+                H_next: torch.Tensor, u: torch.Tensor, lam: float
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One chunk's terms: x, y (K, c); H (c, S); H_next, u (m, S), m ≤ c the
     blocks with a successor. Fixed shapes: `compile` may compile it."""
     logits, Fs = model(x, model.unflat_state(H))
@@ -92,12 +104,13 @@ def chunk_terms(model, x, y, H, H_next, u, lam):
 TERMS = {"fn": chunk_terms}  # train.compile swaps in a compiled chunk_terms
 
 
-def compile_terms(on, backend="inductor"):
+def compile_terms(on: bool, backend: str = "inductor") -> None:
     """train.compile: compile chunk_terms (the bulk of every step) or not."""
     TERMS["fn"] = torch.compile(chunk_terms, backend=backend, dynamic=False) if on else chunk_terms
 
 
-def objective(model, S, backward=None):
+def objective(model: LanguageModel, S: Blocks,
+              backward: Optional[Callable[[torch.Tensor], Any]] = None) -> dict:
     """J over the blocks of S, chunk by chunk.
 
     `backward(J_chunk)` is called for each chunk, so gradients accumulate over
@@ -118,7 +131,8 @@ def objective(model, S, backward=None):
 
 
 @torch.no_grad()
-def forward_init(model, x, h1, stretch=4096):
+def forward_init(model: LanguageModel, x: torch.Tensor, h1: torch.Tensor,
+                 stretch: int = 4096) -> torch.Tensor:
     """H_1 = h1, H_{b+1} = F_b(H_b): one sequential pass with the current θ.
 
     The blocks of x are consecutive in the stream, so the pass is the plain
@@ -137,7 +151,7 @@ def forward_init(model, x, h1, stretch=4096):
     return H
 
 
-def init_states(model, x, h1, how):
+def init_states(model: LanguageModel, x: torch.Tensor, h1: torch.Tensor, how: str) -> torch.Tensor:
     """Step 1: H for the blocks of x (a fresh leaf tensor), H_1 = h1."""
     if how == "forward":
         H = forward_init(model, x, h1)
@@ -149,7 +163,8 @@ def init_states(model, x, h1, how):
     return H.requires_grad_(True)
 
 
-def masked_step(opt, H, active, tol, clip=0.0, comm=None):
+def masked_step(opt: torch.optim.Optimizer, H: torch.Tensor, active: torch.Tensor, tol: float,
+                clip: float = 0.0, comm: Optional[Comm] = None) -> torch.Tensor:
     """One h-step while the gradient is above `tol`; `active` records whether.
 
     The tolerance is on the root-mean-square of the blocks' gradient norms,
@@ -178,7 +193,7 @@ def masked_step(opt, H, active, tol, clip=0.0, comm=None):
     return active
 
 
-def h_steps(model, S, m):
+def h_steps(model: LanguageModel, S: Blocks, m: Any) -> torch.Tensor:
     """Step 2: n_h steps on H (θ fixed) descending J. Returns steps taken (tensor)."""
     opt = H_OPTIMIZERS[m.h_optimizer]([S.H], lr=m.h_lr)
     active = torch.ones((), device=S.H.device, dtype=S.H.dtype)
@@ -191,7 +206,7 @@ def h_steps(model, S, m):
     return taken
 
 
-def theta_steps(model, theta, S, m):
+def theta_steps(model: LanguageModel, theta: ThetaStep | SharedTheta, S: Blocks, m: Any) -> Optional[dict]:
     """Step 3: n_θ steps on θ (H fixed) descending L = J / n.
 
     The terms reported are those of the first step (θ as it came to this
@@ -207,54 +222,15 @@ def theta_steps(model, theta, S, m):
 
 
 @torch.no_grad()
-def dual_step(model, S, rho):
+def dual_step(model: LanguageModel, S: Blocks, rho: float) -> None:
     """Step 4: u_b ← u_b + ρ (F_b − H_{b+1}), scaled-form dual ascent."""
     for i, j in S.chunks(S.H.shape[0] - 1):
         Fs = model.final_state(S.x[:, i:j], model.unflat_state(S.H[i:j]))
         S.u[i:j] += rho * (model.flat_state(Fs) - S.H[i + 1:j + 1])
 
 
-def alm_steps(model, theta, S, m, duals_on):
-    """ALM: n_h rounds of one joint gradient step on (H, θ) — H descends J,
-    θ descends J / n — then a dual step.
-
-    The h-tolerance stops H's steps only; θ takes every step (a zeroed
-    gradient would still move Adam). Terms reported are the first step's.
-    """
-    h_opt = H_OPTIMIZERS[m.h_optimizer]([S.H], lr=m.h_lr)
-    active = torch.ones((), device=S.H.device, dtype=S.H.dtype)
-    taken = torch.zeros((), device=S.H.device)
-    stats = None
-    for _ in range(m.h_steps):
-        S.H.grad = None
-        theta.zero_grad()
-        s = objective(model, S, backward=lambda J: theta.backward(J / S.n, extra=[S.H]))
-        stats = s if stats is None else {**stats, "last": s["last"]}
-        theta.unscale(S.H.grad).mul_(S.n)  # J, not J / n, for H
-        active = masked_step(h_opt, S.H, active, m.h_tol, m.h_clip, S.comm)
-        theta.step()
-        taken += active
-        if duals_on:
-            dual_step(model, S, m.u_lr)
-    return stats, taken
-
-
-def update(model, theta, S, m, duals_on):
-    """Steps 2–4 (or ALM's rounds) on the blocks S, in place (S.H, S.u, θ).
-
-    Returns device tensors (no host sync): CE and penalty sums, residual
-    norm sum, h-steps taken, and the last block's final state.
-    """
-    if m.name == "alm":
-        stats, taken = alm_steps(model, theta, S, m, duals_on)
-    else:
-        admm = duals_on and m.name == "admm"
-        taken = h_steps(model, S, m)
-        if admm and m.mode == "minibatch":  # u restarts each mini-batch: the θ-steps must see it
-            dual_step(model, S, m.u_lr)
-        stats = theta_steps(model, theta, S, m)
-        if admm and m.mode == "batch":      # u persists: textbook ADMM
-            dual_step(model, S, m.u_lr)
+def measure(model: LanguageModel, S: Blocks, stats: Optional[dict], taken: torch.Tensor) -> dict:
+    """The update's terms (the first θ-step's, or with none, J as it stands) and h-steps taken."""
     if stats is None:  # no θ-steps: measure the objective as it stands
         with torch.no_grad():
             stats = objective(model, Blocks(S.x, S.y, S.H.detach(), S.u, S.lam, S.chunk))
@@ -262,8 +238,20 @@ def update(model, theta, S, m, duals_on):
     return stats
 
 
-def train_epoch(model, theta, stream, cfg, state, epoch=1, pos=None, on_update=None):
-    """One pass over the training stream.
+def update(model: LanguageModel, theta: ThetaStep | SharedTheta, S: Blocks, m: Any, duals_on: bool) -> dict:
+    """Steps 2–4 of the method named m.name (its module's `update`) on the blocks S."""
+    from . import registry  # the methods import this module
+    return registry.method(m.name, m.get("_target_") if hasattr(m, "get") else None).update(
+        model, theta, S, m, duals_on)
+
+
+def train_epoch(model: LanguageModel, theta: ThetaStep | SharedTheta, stream: torch.Tensor, cfg: DictConfig,
+                state: dict, epoch: int = 1, pos: Optional[dict] = None,
+                on_update: Optional[Callable[[dict], Any]] = None,
+                update: Callable[..., dict] = update) -> dict:
+    """One pass over the training stream, `update(model, theta, S, m, duals_on)`
+    (the method's order of steps 2–4; by default that of cfg.method.name) on
+    each set S of blocks.
 
     `state` is what BTPROP keeps across epochs: λ, and in batch mode H and u
     (filled on the first call). Returns per-block means of the CE and penalty
@@ -278,7 +266,7 @@ def train_epoch(model, theta, stream, cfg, state, epoch=1, pos=None, on_update=N
         raise UserError(f"the training split ({len(stream)} tokens) is shorter than two blocks "
                         f"of {m.block_size} (method.block_size)")
     lam = state.setdefault("lam", float(m.lam))
-    duals_on = m.name in DUAL_METHODS and epoch >= m.u_start_epoch
+    duals_on = epoch >= m.u_start_epoch  # the penalty method has none to turn on
     h0 = model.flat_state(model.zero_state(1))
     model.train()
     if m.mode == "batch":
@@ -317,10 +305,16 @@ def train_epoch(model, theta, stream, cfg, state, epoch=1, pos=None, on_update=N
     }
 
 
-def end_epoch(state, cfg):
+def end_epoch(state: dict, cfg: DictConfig) -> None:
     """λ ← λ·λ_mult; persisted scaled duals u = y/λ are rescaled so that the
     multiplier y = λ·u is kept."""
     lam = state["lam"] * cfg.method.lam_mult
     if state.get("u") is not None and lam > 0:
         state["u"] *= state["lam"] / lam
     state["lam"] = lam
+
+
+def method(name: str, update: Callable, check: Optional[Callable] = None, schema: type = BTPropConf) -> Method:
+    """A BTPROP method from its update (its order of steps 2–4), for register_method."""
+    return Method(name, functools.partial(train_epoch, update=update), end_epoch, schema,
+                  check=check, shares="blocks", update=update)

@@ -10,6 +10,8 @@ exit (status 128 + the signal's number). A run that ends keeps its best model
 in model.pt and drops the checkpoint; started again, it returns at once.
 The run folder is locked (filelock) while a run owns it.
 """
+from __future__ import annotations
+
 import functools
 import logging
 import math
@@ -18,22 +20,33 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import UserError, bptt, btprop, checks, distributed, logger, optim, records
-from .data import load_corpus, resolve_data_dir
-from .evaluation import evaluate
-from .models import PRECISIONS, build_model
+from tprop_exp import UserError
+from tprop_exp.core import btprop, distributed, optim, registry
+from tprop_exp.core.model import PRECISIONS, build_model
+from tprop_exp.core.perplexity import evaluate
+from tprop_exp.data.corpora import load_corpus, resolve_data_dir
 
-# The training core of each method: train_epoch(...) and end_epoch(state, cfg).
-CORES = {"bptt": bptt, "penalty": btprop, "admm": btprop, "alm": btprop}
-METHODS = tuple(CORES)
+from . import checks, logger, records
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from omegaconf import DictConfig
+
+    from tprop_exp.core.distributed import Comm, SharedTheta
+    from tprop_exp.core.model import LanguageModel
+    from tprop_exp.core.optim import ThetaStep
+    from tprop_exp.data.corpora import Corpus
+
 log = logging.getLogger("tprop_exp")
 
 
-def pick_device(name, job_num=0):
+def pick_device(name: str, job_num: int = 0) -> torch.device:
     """`auto`: a GPU if there is one; parallel jobs of a sweep take one GPU each."""
     if name == "auto":
         if not torch.cuda.is_available():
@@ -48,7 +61,7 @@ def pick_device(name, job_num=0):
         raise UserError(f"train.device must be auto, cpu or cuda[:N], got {name!r}")
 
 
-def objective(result):
+def objective(result: dict) -> float:
     """What a sweeper minimises: the best validation perplexity; inf when
     the run did not complete or has none."""
     if result.get("status") != "completed" or result.get("best_valid_ppl") is None:
@@ -59,12 +72,12 @@ def objective(result):
 class Interrupted(Exception):
     """SIGTERM or SIGINT arrived; the checkpoint is saved."""
 
-    def __init__(self, signum):
+    def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
 
-def run(cfg, run_dir, overrides=(), job_num=0):
+def run(cfg: DictConfig, run_dir: str | Path, overrides: Sequence[str] = (), job_num: int = 0) -> dict:
     run_dir = Path(run_dir)
     config = records.resolved_config(cfg)
     done = records.finished_result(run_dir, config)
@@ -82,7 +95,8 @@ def run(cfg, run_dir, overrides=(), job_num=0):
         lock.release()
 
 
-def run_locked(cfg, run_dir, config, device, overrides):
+def run_locked(cfg: DictConfig, run_dir: Path, config: dict, device: torch.device,
+               overrides: Sequence[str]) -> dict:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     corpus = load_corpus(cfg.dataset, resolve_data_dir(cfg.data_dir))
@@ -116,7 +130,7 @@ def run_locked(cfg, run_dir, config, device, overrides):
     metrics = logger.build(cfg.get("logger"), run_dir, config) if comm is None or comm.rank == 0 \
         else logger.NoLogger()
     t = Trainer(cfg, model, theta, sched, corpus, run_dir, config, metrics, comm)
-    t.resume(distributed.load(comm, run_dir, config))
+    t.resume(records.load_shared_checkpoint(comm, run_dir, config))
     try:
         with stop_on_signals(t), logging_redirect_tqdm():  # log lines above the bar
             status, error = t.fit()
@@ -145,14 +159,14 @@ def run_locked(cfg, run_dir, config, device, overrides):
 
 
 @contextmanager
-def stop_on_signals(trainer):
+def stop_on_signals(trainer: Trainer) -> Iterator[None]:
     """SIGTERM/SIGINT ask the trainer to checkpoint and stop at the next
     update; a second SIGINT stops at once."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
         return
 
-    def handler(signum, frame):
+    def handler(signum: int, frame: Optional[FrameType]) -> None:
         if trainer.stop is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         trainer.stop = signum
@@ -168,21 +182,24 @@ def stop_on_signals(trainer):
 class Trainer:
     """The mutable state of one run, so that it can be checkpointed whole."""
 
-    def __init__(self, cfg, model, theta, sched, corpus, run_dir, config, metrics=None, comm=None):
+    def __init__(self, cfg: DictConfig, model: LanguageModel, theta: ThetaStep | SharedTheta,
+                 sched: torch.optim.lr_scheduler.ReduceLROnPlateau, corpus: Corpus, run_dir: Path,
+                 config: dict, metrics: Optional[logger.NoLogger] = None, comm: Optional[Comm] = None) -> None:
         self.cfg, self.model, self.theta, self.sched = cfg, model, theta, sched
         self.corpus, self.run_dir, self.config = corpus, run_dir, config
         self.metrics = metrics or logger.NoLogger()
         self.status, self.stop = None, None  # status: set once the run has ended (diverged)
         self.updates_per_epoch, self.progress = None, None
-        self.core = CORES[cfg.method.name] if comm is None else distributed.Core(comm, cfg.method.name)
+        method = registry.method(cfg.method.name, cfg.method.get("_target_"))  # train_epoch, end_epoch
+        self.core = method if comm is None else distributed.Core(comm, method)
         self.comm, self.lead = comm, comm is None or comm.rank == 0  # the lead process writes records
         self.epoch, self.history, self.best, self.bad_epochs = 0, [], math.inf, 0
         self.best_state, self.state, self.pos = None, {}, None  # state: the core's, across epochs
         self.wall = 0.0
         self.last_save = time.monotonic()
 
-    def checkpoint(self, pos=None):
-        save = records.save_checkpoint if self.comm is None else functools.partial(distributed.save, self.comm)
+    def checkpoint(self, pos: Optional[dict] = None) -> None:
+        save = records.save_checkpoint if self.comm is None else functools.partial(records.save_shared_checkpoint, self.comm)
         save(self.run_dir, {
             "config": self.config, "epoch": self.epoch, "history": self.history,
             "model": self.model.state_dict(), "theta": self.theta.state_dict(),
@@ -192,7 +209,7 @@ class Trainer:
         })
         self.last_save = time.monotonic()
 
-    def resume(self, ckpt):
+    def resume(self, ckpt: Optional[dict]) -> None:
         if ckpt is None:
             return
         device = self.model.decoder.weight.device
@@ -203,13 +220,13 @@ class Trainer:
         self.epoch, self.history = ckpt["epoch"], ckpt["history"]
         self.best, self.bad_epochs, self.best_state = ckpt["best"], ckpt["bad_epochs"], ckpt["best_state"]
         self.wall = ckpt["wall"]
-        self.state = to_device(ckpt["core_state"], device)
-        self.pos = to_device(ckpt["pos"], device)
+        self.state = distributed.to_device(ckpt["core_state"], device)
+        self.pos = distributed.to_device(ckpt["pos"], device)
         self.status = ckpt.get("status")
         log.info("%s: resuming at epoch %d%s", self.run_dir, self.epoch + 1,
                  f", update {self.pos['update']}" if self.pos else "")
 
-    def on_update(self, pos):
+    def on_update(self, pos: dict) -> None:
         self.progress.update(pos)
         if self.cfg.method.mode != "minibatch":
             if self.stop is not None:
@@ -226,7 +243,7 @@ class Trainer:
                 self.pos = pos
                 raise Interrupted(self.stop or signal.SIGTERM)
 
-    def train_epoch(self):
+    def train_epoch(self) -> dict:
         pos, self.pos = self.pos, None
         tokens_done = round(sum(r["tokens_per_s"] * r["seconds"] for r in self.history))
         self.progress = logger.Progress(
@@ -240,14 +257,14 @@ class Trainer:
         self.updates_per_epoch = self.progress.update_n or None
         return stats
 
-    def train_ppl(self):
+    def train_ppl(self) -> float:
         """SPEC's train_ppl: θ frozen, evaluated like validation over the
         first train.train_eval_tokens training tokens (all when null)."""
         n = self.cfg.train.get("train_eval_tokens")
         tokens = self.corpus.train if n is None else self.corpus.train[:n]
         return evaluate(self.model, tokens, self.cfg.train.eval_batch_size)[1]
 
-    def fit(self):
+    def fit(self) -> tuple[str, Optional[str]]:
         cfg = self.cfg
         limit = 2 * math.log(len(self.corpus.vocab))  # a mean NLL above this has exploded
         if self.status is not None:  # ended before a kill; records not yet written
@@ -290,7 +307,7 @@ class Trainer:
             self.checkpoint()
         return "completed", None
 
-    def result(self, status, prov):
+    def result(self, status: str, prov: dict) -> dict:
         cfg, corpus = self.cfg, self.corpus
         test_ppl = None
         if self.best_state is not None:
@@ -310,12 +327,3 @@ class Trainer:
             **prov,
         }
 
-
-def to_device(obj, device):
-    if torch.is_tensor(obj):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_device(v, device) for v in obj)
-    return obj

@@ -14,6 +14,8 @@ same run when it comes back from result.json.
 Failures to read or write a record (disk full, a read-only folder, a damaged
 file) become one UserError line naming the file and the cause.
 """
+from __future__ import annotations
+
 import errno
 import json
 import math
@@ -23,11 +25,21 @@ import subprocess
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Optional, Sequence
 
 import hydra
 from omegaconf import OmegaConf
 
-from . import UserError, __version__, schema
+from tprop_exp import UserError, __version__
+
+from . import schema
+
+if TYPE_CHECKING:
+    import filelock
+    import torch
+    from omegaconf import DictConfig
+
+    from tprop_exp.core.distributed import Comm
 
 # What result.json reports of a run's training (SPEC §3), beside config and provenance.
 RESULT_FIELDS = ("best_valid_ppl", "test_ppl", "train_ppl", "epochs", "wall_s", "train_tokens_per_s")
@@ -37,7 +49,7 @@ RECORDS = ("checkpoint.pt", "model.pt", "result.json", "metrics.jsonl")
 CHECKPOINT_KEYS = ("config", "epoch", "history", "model", "theta", "sched")
 
 
-def atomic_write(path, write):
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
     """Call write(file_object) on a temporary file, then move it into place."""
     path = Path(path)
     try:
@@ -56,24 +68,24 @@ def atomic_write(path, write):
         raise
 
 
-def write_error(path, e):
+def write_error(path: str | Path, e: OSError) -> UserError:
     cause = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
     return UserError(f"cannot write {path}: {cause}")
 
 
-def remove_partial(run_dir):
+def remove_partial(run_dir: str | Path) -> None:
     """Delete the temporary files that a kill during a write left behind."""
     for name in RECORDS:
         for tmp in Path(run_dir).glob(f".{name}.*"):
             tmp.unlink(missing_ok=True)
 
 
-def write_text_atomic(path, text):
+def write_text_atomic(path: str | Path, text: str) -> Path:
     atomic_write(path, lambda f: f.write(text.encode()))
     return Path(path)
 
 
-def finite(obj):
+def finite(obj: Any) -> Any:
     """Non-finite floats become null, so that every JSON reader accepts the records."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
@@ -84,21 +96,21 @@ def finite(obj):
     return obj
 
 
-def write_json(path, obj):
+def write_json(path: str | Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(finite(obj), indent=2, allow_nan=False) + "\n")
 
 
-def write_metrics(run_dir, history):
+def write_metrics(run_dir: str | Path, history: list[dict]) -> None:
     lines = "".join(json.dumps(finite(row), allow_nan=False) + "\n" for row in history)
     write_text_atomic(Path(run_dir) / "metrics.jsonl", lines)
 
 
-def save_checkpoint(run_dir, ckpt):
+def save_checkpoint(run_dir: str | Path, ckpt: dict) -> None:
     import torch  # imported here: validation and --help answer without torch
     atomic_write(Path(run_dir) / "checkpoint.pt", lambda f: torch.save(ckpt, f))
 
 
-def load_checkpoint(run_dir, config):
+def load_checkpoint(run_dir: str | Path, config: dict) -> Optional[dict]:
     path = Path(run_dir) / "checkpoint.pt"
     if not path.exists():
         return None
@@ -107,7 +119,7 @@ def load_checkpoint(run_dir, config):
     return ckpt
 
 
-def read_checkpoint(path):
+def read_checkpoint(path: str | Path) -> dict:
     ckpt = load_torch(path, "checkpoint")
     missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
     if missing or not isinstance(ckpt["config"], dict):
@@ -116,7 +128,7 @@ def read_checkpoint(path):
     return ckpt
 
 
-def load_torch(path, what):
+def load_torch(path: str | Path, what: str) -> dict:
     """A torch file that must hold a dict; anything else is one clear line."""
     import torch
     try:
@@ -130,14 +142,14 @@ def load_torch(path, what):
     return obj
 
 
-def save_model(run_dir, state_dict, vocab_size, config):
+def save_model(run_dir: str | Path, state_dict: dict, vocab_size: int, config: dict) -> None:
     """The run's best model as a plain state_dict, with what rebuilds it."""
     import torch
     atomic_write(Path(run_dir) / "model.pt", lambda f: torch.save(
         {"state_dict": state_dict, "vocab_size": vocab_size, "config": config}, f))
 
 
-def lock_run(run_dir):
+def lock_run(run_dir: str | Path) -> filelock.FileLock:
     """Take the run folder's lock (released by the caller), or refuse in one line."""
     import filelock
 
@@ -151,11 +163,11 @@ def lock_run(run_dir):
     return lock
 
 
-def in_use(run_dir, lock_file):
+def in_use(run_dir: str | Path, lock_file: str | Path) -> UserError:
     return UserError(f"{run_dir} is in use by another run (it holds {lock_file}); wait for that run to end")
 
 
-def check_unlocked(run_dir):
+def check_unlocked(run_dir: str | Path) -> None:
     """Refuse a folder whose lock another run holds, without writing into it."""
     import fcntl
 
@@ -172,12 +184,12 @@ def check_unlocked(run_dir):
         os.close(fd)  # closing releases the test lock
 
 
-def drop_checkpoint(run_dir):
+def drop_checkpoint(run_dir: str | Path) -> None:
     """A finished run needs no optimizer or mid-run state."""
     (Path(run_dir) / "checkpoint.pt").unlink(missing_ok=True)
 
 
-def check_same_config(old, new, path):
+def check_same_config(old: dict, new: dict, path: str | Path) -> None:
     diff = schema.differences(finite(old), finite(new))  # as result.json stores them
     if diff:
         shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
@@ -185,7 +197,7 @@ def check_same_config(old, new, path):
                         "choose another hydra.run.dir or delete that folder")
 
 
-def read_result(path):
+def read_result(path: str | Path) -> dict:
     """A run's result.json (a JSON object); anything else is one clear line."""
     try:
         result = json.loads(Path(path).read_text())
@@ -199,7 +211,7 @@ def read_result(path):
     return result
 
 
-def existing_config(run_dir):
+def existing_config(run_dir: str | Path) -> Optional[dict]:
     """The config of the run recorded in run_dir (result.json, else checkpoint.pt), or None."""
     run_dir = Path(run_dir)
     if (run_dir / "result.json").exists():
@@ -211,7 +223,7 @@ def existing_config(run_dir):
     return None
 
 
-def finished_result(run_dir, config):
+def finished_result(run_dir: str | Path, config: dict) -> Optional[dict]:
     """The run's result if it has already finished with this config, else None."""
     path = Path(run_dir) / "result.json"
     if not path.exists():
@@ -223,22 +235,22 @@ def finished_result(run_dir, config):
     return result
 
 
-def resolved_config(cfg):
+def resolved_config(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
 CODE = ("tprop_exp", "hydra_plugins", "pyproject.toml")  # a change here marks a run '+dirty'
 
 
-def git_commit():
+def git_commit() -> str:
     """The commit of the code that runs, '+dirty' when that code has local changes.
 
     Only a git checkout of this project has one: an installed package (even one
     that lies inside some other repository) gives its version instead.
     """
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # tprop_exp/run/records.py -> the checkout
 
-    def git(*args):
+    def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
                               check=True).stdout.strip()
     try:
@@ -254,14 +266,14 @@ def git_commit():
     return f"unknown (installed package {__version__})"
 
 
-def device_name(device):
+def device_name(device: torch.device) -> str:
     import torch
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
-def provenance(device, overrides):
+def provenance(device: torch.device, overrides: Sequence[str]) -> dict:
     """Where a run's numbers come from: code, software versions, machine, command."""
     import torch
     return {
@@ -276,3 +288,37 @@ def provenance(device, overrides):
         "command": " ".join(["python -m tprop_exp", *overrides]),  # this run alone, also in a sweep
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def save_shared_checkpoint(comm: Comm, run_dir: str | Path, ckpt: dict) -> None:
+    """Rank 0 writes; every process's core state and position go in, by rank."""
+    states, pos = comm.gather(ckpt["core_state"]), comm.gather(ckpt["pos"])
+    if comm.rank == 0:
+        save_checkpoint(run_dir, {**ckpt, "core_state": states, "pos": pos, "world": comm.world})
+
+
+def load_shared_checkpoint(comm: Optional[Comm], run_dir: str | Path, config: dict) -> Optional[dict]:
+    """The run's checkpoint (None if there is none). Rank 0 reads it; the
+    others get its common part and their own state."""
+    world = 1 if comm is None else comm.world
+    ckpt, error = None, None
+    if comm is None or comm.rank == 0:
+        try:
+            ckpt = load_checkpoint(run_dir, config)
+            if ckpt is not None and ckpt.get("world", 1) != world:
+                raise UserError(f"{run_dir} was run by {ckpt.get('world', 1)} processes, "
+                                f"not {world}; resume it with as many")
+        except UserError as e:
+            if comm is None:
+                raise
+            ckpt, error = None, str(e)
+    if comm is None:
+        return ckpt
+    common = {k: v for k, v in ckpt.items() if k not in ("core_state", "pos")} if ckpt else None
+    error, common = comm.broadcast([error, common])
+    if error:
+        raise UserError(error)
+    if common is None:
+        return None
+    return {**common, "core_state": comm.scatter(ckpt and ckpt["core_state"]),
+            "pos": comm.scatter(ckpt and ckpt["pos"])}

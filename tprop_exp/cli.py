@@ -1,0 +1,127 @@
+"""The command line, one command with subcommands:
+
+    tprop_exp [experiment=NAME] [group=option] [key=value ...] [-m]   train (a run, or a sweep)
+    tprop_exp report DIR ... [--out OUT]     tables, figures and claims from run records
+    tprop_exp evaluate RUN_DIR [--split S]   the perplexity of a finished run's model
+    tprop_exp plan [overrides] [-m]          a sweep's runs and hours, before running it
+
+(`python -m tprop_exp` and `python -m tprop_exp.<subcommand>` work the same.)
+
+Training: Hydra composes conf/ (on the schema of run/schema.py) into one config
+per run; `run.trainer.run` does the work. Bad input (an unknown key or option, a value of the
+wrong type or out of range, a missing data file) ends with one line on stderr
+and exit status 2, before anything is written (checks.py). In a sweep (-m),
+a cell with bad input is recorded as `invalid`, a run that crashes as
+`failed`, and the sweep goes on.
+"""
+import math
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from hydra.types import RunMode
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from tprop_exp import UserError
+from tprop_exp.run import checks, schema
+from tprop_exp.run.schema import CONF
+
+# train and records (hence torch) are imported where they are used: `--help`,
+# shell completion and refused input then answer without loading torch.
+
+
+
+def _find_our_sweeper():
+    """Hydra finds plugins by listing the folders of the `hydra_plugins`
+    namespace; an editable install maps our sweeper without such a folder, so
+    name its folder there (a wheel installs it where Hydra looks anyway)."""
+    import hydra_plugins
+    import hydra_plugins.tprop_sweeper as ours
+
+    folder = str(Path(ours.__file__).resolve().parent.parent)
+    if folder not in list(hydra_plugins.__path__):
+        hydra_plugins.__path__.append(folder)
+
+
+_find_our_sweeper()
+
+
+@hydra.main(config_path=CONF, config_name="config", version_base="1.3")
+def main(cfg: DictConfig):
+    from tprop_exp.run import trainer as train
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    try:
+        schema.validate(cfg)  # checked before already; other launch paths land here too
+        result = train.run(cfg, run_dir, overrides=hc.overrides.task, job_num=hc.job.num if multirun else 0)
+        return train.objective(result)  # what a sweeper (Optuna) minimises: best validation perplexity
+    except UserError as e:  # exit here, before Hydra adds lines of its own
+        if multirun:  # e.g. a data file missing for this cell only: the sweep goes on
+            print(f"{run_dir}: invalid: {e}", file=sys.stderr)
+            record(cfg, run_dir, hc, "invalid", str(e), write=not (run_dir / "result.json").exists())
+            return math.inf
+        checks.forget(run_dir)  # the folder Hydra made for this run, if that is all it holds
+        print(f"tprop_exp: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:  # a crash: record it; a sweep goes on with the next run
+        record(cfg, run_dir, hc, "failed", f"{type(e).__name__}: {e}".splitlines()[0])
+        if multirun:
+            traceback.print_exc()
+            return math.inf
+        raise
+
+
+def record(cfg, run_dir, hc, status, error, write=True):
+    from tprop_exp.run import records, trainer as train
+
+    try:
+        device = train.pick_device(cfg.train.device)
+    except UserError:
+        device = train.pick_device("cpu")
+    result = {"status": status, "error": error, **dict.fromkeys(records.RESULT_FIELDS),
+              "config": records.resolved_config(cfg), **records.provenance(device, hc.overrides.task)}
+    if write:
+        records.write_json(run_dir / "result.json", result)
+    return result
+
+
+# name -> (module, what it does): the subcommands beside training
+SUBCOMMANDS = {
+    "report": ("tprop_exp.report.write", "tables, figures and claims from run records"),
+    "evaluate": ("tprop_exp.run.evaluate", "the perplexity of a finished run's model on a split"),
+    "plan": ("tprop_exp.report.plan", "a sweep's runs and estimated hours, before running it"),
+}
+
+
+def subcommand(name, argv):
+    """Run `tprop_exp NAME ...`; its main returns an exit status (or exits)."""
+    import importlib
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    status = module.main(argv, prog=f"tprop_exp {name}")
+    sys.exit(status if isinstance(status, int) else 0)
+
+
+def cli():
+    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
+        subcommand(sys.argv[1], sys.argv[2:])
+    # Let Hydra's errors reach us, so that they become one line and status 2.
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        main()
+    except (UserError, HydraException, OmegaConfBaseException) as e:
+        checks.refuse(e)
+    except OSError as e:  # Hydra could not make or write the run (or sweep) folder
+        if e.filename is None:
+            raise
+        checks.refuse(UserError(f"cannot write {e.filename}: {e.strerror} (see hydra.run.dir, hydra.sweep.dir)"))
+
+
+if __name__ == "__main__":
+    cli()

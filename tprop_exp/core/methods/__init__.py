@@ -1,0 +1,28 @@
+"""The training methods, one module each. Every module here registers its
+method on import (core/registry.py); a method of yours is a module like these
+anywhere on PYTHONPATH, named by `method._target_` in its YAML file.
+
+This file holds the keys the built-in methods share, torch-free, so that the
+config schema (run/schema.py) and `--help` load no torch.
+"""
+from dataclasses import dataclass
+
+from ..registry import MethodConf
+
+
+@dataclass
+class BTPropConf(MethodConf):
+    """The method.* keys of BTPROP (SPEC §3). BPTT has them too, and ignores
+    them, so that one sweep may mix methods (its identity leaves them out)."""
+    init: str = "forward"
+    h_steps: int = 10
+    h_optimizer: str = "adagrad"
+    h_lr: float = 1.0
+    h_tol: float = 1e-5
+    h_clip: float = 0.0
+    theta_steps: int = 1
+    lam: float = 1.0
+    lam_mult: float = 1.0
+    u_lr: float = 0.1
+    u_start_epoch: int = 3
+    chunk_blocks: int = 512
