@@ -117,17 +117,17 @@ def load(target: Optional[str], key: str) -> None:
 
 def method(name: str, target: Optional[str] = None) -> Method:
     """The registered method `name` (importing `target` first if given)."""
-    load(target, "method")
-    if name not in METHODS:
-        raise UserError(f"method.name: {name!r} is not allowed; it must be one of "
-                        f"{', '.join(sorted(METHODS))} (or a method of yours: set method._target_ to its module)")
-    return METHODS[name]
+    return _find(METHODS, "method", "name", name, target)
 
 
 def cell(name: str, target: Optional[str] = None) -> Cell:
     """The registered cell `name` (importing `target` first if given)."""
-    load(target, "arch")
-    if name not in CELLS:
-        raise UserError(f"arch.cell: {name!r} is not allowed; it must be one of "
-                        f"{', '.join(sorted(CELLS))} (or a cell of yours: set arch._target_ to its module)")
-    return CELLS[name]
+    return _find(CELLS, "arch", "cell", name, target)
+
+
+def _find(table: dict, group: str, key: str, name: str, target: Optional[str]) -> Any:
+    load(target, group)
+    if name not in table:
+        raise UserError(f"{group}.{key}: {name!r} is not allowed; it must be one of "
+                        f"{', '.join(sorted(table))} (or one of yours: set {group}._target_ to its module)")
+    return table[name]
