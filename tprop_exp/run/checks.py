@@ -15,6 +15,7 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Optional, Sequence
@@ -74,6 +75,8 @@ def describe(e: BaseException) -> str:
     for c in chain:
         key = getattr(c, "full_key", None)
         msg = str(getattr(c, "msg", "") or c).splitlines()[0] if str(c) else ""
+        if isinstance(c, oe.ConfigTypeError) and key and "does not support deletion" in msg:
+            return f"~{key}: a key of the schema cannot be removed; set it instead ({key}=VALUE)"
         if isinstance(c, (oe.ConfigKeyError, oe.ConfigAttributeError)) and key:
             return f"unknown key {key} (see tprop_exp/schema.py for the keys)"
         if isinstance(c, oe.ValidationError) and key:
@@ -98,9 +101,103 @@ def describe(e: BaseException) -> str:
     return msg
 
 
+def null_group_key(argv: Sequence[str]) -> Optional[str]:
+    """One line for `group.key=value` when that group is null in the config
+    (OmegaConf then fails an assertion instead of naming the key)."""
+    for arg in argv:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if "=" in arg and "." in key and key.split(".")[0] in NULL_GROUPS:
+            group = key.split(".")[0]
+            return (f"{key}: {group} is null here, so it has no keys to set; "
+                    f"choose one first ({group}=NAME)")
+    return None
+
+
+NULL_GROUPS = ("profile", "row", "experiment", "hparams_search", "debug")  # conf/config.yaml: null
+
+
 def refuse(e: BaseException) -> NoReturn:
     print(f"tprop_exp: error: {describe(e)}", file=sys.stderr, flush=True)
     sys.exit(2)
+
+
+class Stopped(BaseException):
+    """SIGTERM or SIGINT before the trainer's own handler is set (start-up):
+    a BaseException, so that no `except Exception` records it as a crash."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def stop_at_startup() -> None:
+    """Until the trainer sets its handler, SIGTERM/SIGINT raise Stopped."""
+    def handler(signum: int, frame: Any) -> None:
+        raise Stopped(signum)
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, handler)
+
+
+def stopped(e: Stopped) -> NoReturn:
+    """Remove the folder this command made (if it holds only Hydra's files) and exit 128 + signal."""
+    for d in list(FRESH):
+        forget(d)
+    kept = [d for d in [*FRESH, *RESUMING] if d.is_dir()]
+    then = (f"{kept[0]} is kept; the run resumes when started again" if kept
+            else "nothing was written; the run starts afresh when started again")
+    print(f"tprop_exp: stopped by {e} before training began; {then}", file=sys.stderr, flush=True)
+    sys.exit(128 + e.signum)
+
+
+def check_flags(argv: Sequence[str]) -> None:
+    """Unknown or misplaced flags: one line instead of argparse's usage (SPEC §3)."""
+    from hydra._internal.utils import get_args_parser
+    parser = get_args_parser()
+    known = {o: a for a in parser._actions for o in a.option_strings}
+    if any(a.split("=")[0] in ("-h", "--help", "--hydra-help", "--version", "-sc", "--shell-completion")
+           for a in argv):
+        return  # they print and exit: Hydra's own
+    first_override, misplaced, i = None, None, 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("-") and len(a) > 1:
+            name = a.split("=", 1)[0]
+            action = known.get(name) or _abbreviation(name, known)
+            if action is None:
+                raise UserError(f"unknown flag {a!r}; the flags are -m, --cfg job, --config-dir DIR, "
+                                "--config-name NAME, --info, --help (see tprop_exp --help)")
+            if first_override is not None and misplaced is None:
+                misplaced = name
+            takes = action.nargs is None or (action.nargs == "?" and i + 1 < len(argv)
+                                             and "=" not in argv[i + 1] and not argv[i + 1].startswith("-"))
+            if takes and "=" not in a:
+                if i + 1 >= len(argv):
+                    raise UserError(f"flag {name} needs a value (e.g. {name} "
+                                    f"{'DIR' if 'dir' in name else 'NAME' if action.nargs is None else ''})".rstrip())
+                i += 1
+        elif first_override is None:
+            first_override = a
+        i += 1
+    if misplaced is None:
+        return
+
+    class Refused(Exception):
+        pass
+
+    def error(message: str) -> NoReturn:
+        raise Refused(message)
+    parser.error = error  # type: ignore[method-assign]
+    try:
+        parser.parse_args(list(argv))
+    except Refused as e:
+        raise UserError(f"flag {misplaced} comes after the overrides (after {first_override!r}); "
+                        f"flags go first: tprop_exp {misplaced} ... key=value ... ({e})") from None
+
+
+def _abbreviation(name: str, known: dict) -> Any:
+    """argparse takes an unambiguous prefix of a long flag."""
+    hits = {a for o, a in known.items() if name.startswith("--") and o.startswith(name)}
+    return hits.pop() if len(hits) == 1 else None
 
 
 # ------------------------------------------------------------ the checks
@@ -108,6 +205,7 @@ def refuse(e: BaseException) -> NoReturn:
 def check(root: DictConfig, run_dir: Optional[Path] = None) -> None:
     """Validate a composed config; if run_dir holds a run, it must be this one."""
     schema.validate(root)
+    machine(root)
     if root.get("data_dir") is not None:
         _placeable(Path(str(root.data_dir)).expanduser(), "data_dir")
     if root.dataset.source == "local":
@@ -122,6 +220,49 @@ def check(root: DictConfig, run_dir: Optional[Path] = None) -> None:
         old = records.existing_config(run_dir)
         if old is not None:
             records.check_same_config(old, task_config(root), run_dir)
+
+
+def machine(root: DictConfig) -> None:
+    """The device and precision asked for exist here (SPEC §3: refused before
+    anything is written, not a traceback and a `failed` record)."""
+    t = root.train
+    name = str(t.device)
+    if name == "cpu" and t.precision == "fp32":
+        return  # nothing to probe: torch is not even imported
+    import torch
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"train.device: {name!r} is not available here: no CUDA device "
+                            f"(torch {torch.__version__}); use auto or cpu")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise UserError(f"train.device: {name!r} is not available here: {torch.cuda.device_count()} "
+                            f"CUDA device(s), cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    if name == "mps" and not (torch.backends.mps.is_built() and torch.backends.mps.is_available()):
+        raise UserError("train.device: 'mps' is not available here (no Apple GPU, or torch built without "
+                        "it); use auto, cpu or cuda")
+    if t.precision != "fp32":
+        _precision_runs(root, torch)
+
+
+def _precision_runs(root: DictConfig, torch: Any) -> None:
+    """Autocast at train.precision on this device: try the cell's kernels on a
+    tiny input (e.g. CPUs have no fp16 LSTM kernel) and refuse with the reason."""
+    from tprop_exp.core.model import PRECISIONS, build_model
+    t, a = root.train, root.arch
+    device = torch.device("cuda" if t.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if t.device == "auto" else str(t.device))
+    arch = OmegaConf.merge(a, {"hidden_size": 2})
+    try:
+        model = build_model(arch, 3).to(device=device, dtype=getattr(torch, t.dtype))
+        model.amp_dtype = PRECISIONS[t.precision]  # as the trainer sets it
+        x = torch.zeros(2, 1, dtype=torch.long, device=device)
+        model(x, model.zero_state(1, device))[0].float().sum().backward()
+        model.states_every(x, model.zero_state(1, device), 1)  # BTPROP's path
+    except (RuntimeError, TypeError, NotImplementedError, AssertionError) as e:
+        cause = str(e).splitlines()[0].split(". Run workload")[0] if str(e) else type(e).__name__
+        raise UserError(f"train.precision: {t.precision!r} does not run on {device.type} with "
+                        f"arch.cell={a.cell} ({cause}); use fp32 (or bf16), or another device") from None
 
 
 def _placeable(path, key):
@@ -148,6 +289,66 @@ def data_sizes(cfg: DictConfig, corpus: Corpus) -> None:
                             f"split's {size} evaluated tokens; at most {size // 2}")
 
 
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}  # weight blocks per layer (a cell of one's own: as an LSTM)
+OPT_STATE = {"sgd": 0, "adagrad": 1, "adam": 2}  # optimizer tensors per parameter
+
+
+def memory_need(cfg: DictConfig, vocab: int, n_train: int) -> tuple[int, int]:
+    """(parameter, activation) bytes a run needs at least, from its config:
+    θ with its gradient and optimizer state, and one update's logits and gates
+    (BTPROP's batch mode also keeps H, its gradient and the duals for every block)."""
+    t, a, m = cfg.train, cfg.arch, cfg.method
+    h, L, g = a.hidden_size, a.num_layers, GATES.get(a.cell, 4)
+    size = 8 if t.dtype == "float64" else 4
+    params = 2 * vocab * h + vocab + L * g * h * (2 * h + 2)
+    fixed = params * size * (2 + OPT_STATE.get(t.optimizer, 2))
+    K, B = m.block_size, t.batch_size
+    acts = 2 * K * B * (vocab + L * g * h) * size
+    if m.get("mode") == "batch" and m.name != "bptt":
+        acts += 4 * (n_train // max(K, 1)) * L * h * 2 * size
+    return fixed, acts
+
+
+def available_memory(device: Any) -> int:
+    """Bytes free for a run: the GPU's free memory, or the host's available
+    memory (MemAvailable, within a cgroup's limit)."""
+    if device.type == "cuda":
+        import torch
+        return torch.cuda.mem_get_info(device)[0]
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        text = Path("/proc/meminfo").read_text()
+        free = int(re.search(r"MemAvailable:\s+(\d+) kB", text)[1]) * 1024
+    except (OSError, TypeError):
+        pass
+    try:  # a container's limit
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit != "max":
+            free = min(free, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return free
+
+
+def memory(cfg: DictConfig, vocab: int, n_train: int, device: Any) -> None:
+    """Refuse a model that cannot fit, before building it (one line, with the numbers)."""
+    fixed, acts = memory_need(cfg, vocab, n_train)
+    free = available_memory(device)
+    if fixed + acts <= free:
+        return
+    key, value = (("arch.hidden_size", cfg.arch.hidden_size) if fixed >= acts
+                  else ("train.batch_size", cfg.train.batch_size))
+    raise UserError(f"{key}: {value} needs at least {fixed + acts:,} bytes of memory on {device.type} "
+                    f"({_gib(fixed)} for the parameters, gradients and optimizer state, {_gib(acts)} for one "
+                    f"update's activations; vocabulary {vocab:,}) but {free:,} bytes ({_gib(free)}) are "
+                    "available; use a smaller arch.hidden_size, train.batch_size or method.block_size")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2 ** 30:,.1f} GiB"
+
+
 def _ancestor(path):
     """The nearest existing folder at or above path."""
     above = path.absolute()
@@ -159,6 +360,7 @@ def _ancestor(path):
 # A single run's folder that this command is about to make, with the nearest
 # folder above it that existed: `forget` may remove what lies between.
 FRESH = {}
+RESUMING = []  # an existing single-run folder this command is about to resume
 
 
 def forget(run_dir: str | Path) -> None:
@@ -190,6 +392,8 @@ class CheckRun(Callback):
             run_dir = Path(str(config.hydra.run.dir))
             if not run_dir.exists():
                 FRESH[run_dir.absolute()] = _ancestor(run_dir)
+            else:
+                RESUMING.append(run_dir.absolute())
             check(config, run_dir)
         except Exception as e:  # noqa: BLE001 (any error: one line, status 2)
             refuse(e)
