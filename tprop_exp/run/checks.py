@@ -399,14 +399,17 @@ class CheckRun(Callback):
             refuse(e)
 
 
-def check_cell(config_loader: ConfigLoader, master: DictConfig, cell: Sequence[str]) -> Optional[str]:
-    """None if a sweep cell composes and passes the checks, else one line."""
+def check_cell(config_loader: ConfigLoader, master: DictConfig,
+               cell: Sequence[str]) -> tuple[Optional[str], Optional[Path]]:
+    """(None, the cell's run folder) if a sweep cell composes and passes the
+    checks, else (one line, None)."""
     try:
         cfg = config_loader.load_sweep_config(master_config=master, sweep_overrides=list(cell))
-        check(cfg, Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir))
-        return None
+        folder = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+        check(cfg, folder)
+        return None, folder.absolute()
     except Exception as e:  # noqa: BLE001
-        return describe(e)
+        return describe(e), None
 
 
 def record_invalid(sweep_dir: str | Path, cell: Sequence[str], error: str) -> None:
