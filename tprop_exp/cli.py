@@ -17,6 +17,7 @@ a cell with bad input is recorded as `invalid`, a run that crashes as
 import errno
 import math
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -116,6 +117,8 @@ def subcommand(name, argv):
 
 def cli():
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # __main__'s start-up handler is for training
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         subcommand(sys.argv[1], sys.argv[2:])
     checks.stop_at_startup()  # a signal before the trainer's handler: one line, no half-made folder
     # Let Hydra's errors reach us, so that they become one line and status 2.

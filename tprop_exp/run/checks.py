@@ -171,15 +171,16 @@ def check_flags(argv: Sequence[str]) -> None:
             takes = action.nargs is None or (action.nargs == "?" and i + 1 < len(argv)
                                              and "=" not in argv[i + 1] and not argv[i + 1].startswith("-"))
             if takes and "=" not in a:
-                if i + 1 >= len(argv):
-                    raise UserError(f"flag {name} needs a value (e.g. {name} "
-                                    f"{'DIR' if 'dir' in name else 'NAME' if action.nargs is None else ''})".rstrip())
+                if i + 1 >= len(argv) or (action.nargs is None and "=" in argv[i + 1]
+                                          and not argv[i + 1].startswith(("/", ".", "~"))):
+                    given = f", not the override {argv[i + 1]!r}" if i + 1 < len(argv) else ""
+                    raise UserError(f"flag {name} needs a value{given} (e.g. {name} "
+                                    f"{'job' if action.dest == 'cfg' else 'DIR' if 'dir' in name or 'path' in name else 'NAME'}); flags go "
+                                    "before the overrides")
                 i += 1
         elif first_override is None:
             first_override = a
         i += 1
-    if misplaced is None:
-        return
 
     class Refused(Exception):
         pass
@@ -190,6 +191,8 @@ def check_flags(argv: Sequence[str]) -> None:
     try:
         parser.parse_args(list(argv))
     except Refused as e:
+        if misplaced is None:
+            raise UserError(f"{e} (see tprop_exp --help)") from None
         raise UserError(f"flag {misplaced} comes after the overrides (after {first_override!r}); "
                         f"flags go first: tprop_exp {misplaced} ... key=value ... ({e})") from None
 
