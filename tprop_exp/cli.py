@@ -82,6 +82,7 @@ def main(cfg: DictConfig):
         if multirun:
             traceback.print_exc()
             return math.inf
+        e.tprop_recorded = True  # a crash, recorded: not one of Hydra's folder writes (cli)
         raise
 
 
@@ -136,6 +137,8 @@ def cli():
             raise
         checks.refuse(UserError(line))
     except OSError as e:  # Hydra could not make or write the run (or sweep) folder, or .hydra/
+        if getattr(e, "tprop_recorded", False):
+            raise
         made = [d for d in checks.FRESH if d.exists()]
         for d in made:
             checks.forget(d)  # a 0-byte .hydra/config.yaml is not a run

@@ -106,8 +106,9 @@ def null_group_key(argv: Sequence[str]) -> Optional[str]:
     (OmegaConf then fails an assertion instead of naming the key)."""
     for arg in argv:
         key = arg.split("=", 1)[0].lstrip("+~")
-        if "=" in arg and "." in key and key.split(".")[0] in NULL_GROUPS:
-            group = key.split(".")[0]
+        group = key.split(".")[0]
+        chosen = any(a.split("=", 1)[0].lstrip("+~") == group for a in argv)
+        if "=" in arg and "." in key and group in NULL_GROUPS and not chosen:
             return (f"{key}: {group} is null here, so it has no keys to set; "
                     f"choose one first ({group}=NAME)")
     return None
