@@ -223,7 +223,7 @@ def _local_paths(cfg) -> dict:
             raise UserError(f"dataset=local needs dataset.{split}=FILE "
                             f"(or dataset.path=DIR holding {split}.txt)")
         p = Path(to_absolute_path(str(Path(str(p)).expanduser())))
-        where = f"dataset.{split}" if cfg.get(split) is not None else "dataset.path"
+        where = f"dataset.{split}" + (" (from dataset.path)" if cfg.get(split) is None else "")
         try:
             st = p.stat()  # follows links: a loop or a dangling link says so
         except OSError as e:
@@ -327,7 +327,7 @@ def _tokenise(texts: dict, cfg) -> Corpus:
     if len(vocab) < 2:
         where = f"dataset {cfg.name}: the training split"
         if cfg.source == "local":
-            where = f"dataset.train: {_local_paths(cfg)['train']}"
+            where = f"dataset {cfg.name}: dataset.train {_local_paths(cfg)['train']}"
         what = (f"has only one distinct symbol ({vocab[0]!r})" if len(ids["train"])
                 else "has no symbols (only whitespace or blank lines)")
         raise UserError(f"{where} {what}; a language model needs at least 2")
