@@ -93,8 +93,8 @@ def refused(cls: str, name: str, args, words: tuple[str, ...] = (), setup: Optio
     """A bad input: one line naming `words`, exit 2, the folder unchanged."""
     def run(tmp: Path) -> str:
         extra = setup(tmp) if setup else []
+        argv = args(tmp) if callable(args) else list(args)  # files made here are the case's input
         before = snapshot(tmp)
-        argv = args(tmp) if callable(args) else list(args)
         p = cli((TINY if base is None else base) + extra + argv, tmp)
         line = one_line(p, words)
         for w in no:
@@ -264,8 +264,9 @@ def define_messages() -> None:
     file_case("only newlines (words)", write("nl.txt", b"\n\n\n\n"), ("dataset.train", "no symbols"), split="train",
               no=("''",))
     file_case("only spaces (words)", write("sp.txt", b"   \n \t \n"), ("dataset.train", "no symbols"), split="train")
-    file_case("one symbol", write("one.txt", b"a a a a\n" * 10), ("dataset.train", "one distinct symbol", "'a'"),
-              split="train")
+    refused("messages", "one symbol", lambda t: local(t, **{s: write(f"one{s}.txt", b"a a a a\n" * 10)(t)
+                                                            for s in ("train", "valid", "test")})
+            + ["dataset.eos=false"], ("dataset.train", "one distinct symbol", "'a'"), base=LOCAL_BASE)
     file_case("a folder as a file", lambda t: t, ("dataset.valid", "not a file"))
     file_case("empty file", write("empty.txt", b""), ("dataset.test", "empty"), split="test")
     file_case("missing file", lambda t: t / "nope.txt", ("dataset.train", "no such file"), split="train")
@@ -325,6 +326,7 @@ def enospc_in_hydra(tmp: Path) -> str:
     """Hydra's own .hydra/config.yaml write hits a full disk (simulated in the process)."""
     code = ("import errno, sys, hydra.core.utils as u\n"
             "def full(cfg, filename, output_dir):\n"
+            "    output_dir.mkdir(parents=True, exist_ok=True)\n"
             "    (output_dir / filename).write_text('')\n"  # as a full disk leaves it: 0 bytes
             "    raise OSError(errno.ENOSPC, 'No space left on device')\n"
             "u._save_config = full\n"
@@ -450,13 +452,14 @@ def define_numeric() -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("-k", default="", help="only the cases whose class or name holds this")
+    ap.add_argument("-k", default="", help="only the cases whose class or name holds one of these (comma-separated)")
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
     args = ap.parse_args()
     for define in (define_machine, define_keys, define_flags, define_messages, define_faults, define_sweeps,
                    define_numeric):
         define()
-    cases = [c for c in CASES if args.k.lower() in f"{c.cls} {c.name}".lower()]
+    words = [w.strip().lower() for w in args.k.split(",")]
+    cases = [c for c in CASES if any(w in f"{c.cls} {c.name}".lower() for w in words)]
     if args.list:
         for c in cases:
             print(f"{c.cls:9} {c.name}")

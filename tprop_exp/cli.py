@@ -130,7 +130,10 @@ def cli():
     except checks.Stopped as e:
         checks.stopped(e)
     except (UserError, HydraException, OmegaConfBaseException) as e:
-        checks.refuse(e)
+        line = checks.describe(e)
+        if any(line.startswith(f"unknown key {g} ") for g in checks.NULL_GROUPS):  # `row.x=1`, row null
+            line = checks.null_group_key(sys.argv[1:]) or line
+        checks.refuse(UserError(line))
     except AssertionError as e:  # OmegaConf's, for `group.key=value` on a null group
         line = checks.null_group_key(sys.argv[1:])
         if line is None:

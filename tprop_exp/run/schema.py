@@ -31,6 +31,9 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 DTYPES = ("float32", "float64")
 LEVELS = ("char", "word")
 TOKENS = ("chars", "words")
+LOGGER_KEYS = {"none": ("name",), "csv": ("name",), "tensorboard": ("name",),  # run/logger.py
+               "wandb": ("name", "project", "entity", "mode", "id"),
+               "mlflow": ("name", "tracking_uri", "experiment")}
 SEED_MAX = 2 ** 64 - 1  # torch.manual_seed takes 0 .. 2**64 - 1 (a negative one wraps round)
 # The dataset keys each source reads (data/corpora.py); the others must stay null,
 # or the record would describe data the run never read.
@@ -249,6 +252,14 @@ def validate(cfg: DictConfig) -> None:
         _bad("dataset.valid_frac", d.valid_frac,
              f"a number below {1 - d.train_frac:g} (train_frac + valid_frac < 1, the rest is test)")
     positive("seeds", cfg.seeds)
+    lg = cfg.get("logger")
+    if isinstance(lg, DictConfig):  # an untyped group: its keys are checked here (run/logger.py reads them)
+        reads = LOGGER_KEYS.get(lg.get("name"))
+        if reads is None:
+            _bad("logger.name", lg.get("name"), "one of " + ", ".join(LOGGER_KEYS))
+        extra = [k for k in lg if k not in reads]
+        if extra:
+            raise UserError(f"unknown key logger.{extra[0]} (logger {lg.name} reads {', '.join(reads)})")
 
 
 def method_config(node: DictConfig, schema: type) -> MethodConf:
