@@ -24,7 +24,7 @@ from tprop_exp.core.methods import alm
 from tprop_exp.core.model import LanguageModel
 from tprop_exp.core.optim import ThetaStep
 from tprop_exp.core.perplexity import evaluate
-from tprop_exp.run import checks, records
+from tprop_exp.run import checks, machine, records
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["arch.hidden_size=8", "train.train_tokens=2000", "train.max_epochs=1", "train.eval_batch_size=4",
@@ -106,14 +106,14 @@ def test_seed_bounds_are_torchs():
 
 def test_memory_estimate_refuses_with_the_numbers():
     cfg = composed("arch.hidden_size=1000000000")
-    fixed, acts = checks.memory_need(cfg, 27, 2000)
+    fixed, acts = machine.memory_need(cfg, 27, 2000)
     h = 10 ** 9
     assert fixed == 4 * 2 * (2 * 27 * h + 27 + 4 * h * (2 * h + 2))  # fp32 θ and its gradient (SGD: no state)
     with pytest.raises(UserError) as e:
-        checks.memory(cfg, 27, 2000, torch.device("cpu"))
+        machine.memory(cfg, 27, 2000, torch.device("cpu"))
     line = str(e.value)
     assert f"{fixed + acts:,} bytes" in line and "available" in line and "arch.hidden_size: 1000000000" in line
-    checks.memory(composed("arch.hidden_size=8"), 27, 2000, torch.device("cpu"))  # small: fine
+    machine.memory(composed("arch.hidden_size=8"), 27, 2000, torch.device("cpu"))  # small: fine
 
 
 def test_flag_checks():

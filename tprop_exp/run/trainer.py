@@ -32,7 +32,7 @@ from tprop_exp.core.model import PRECISIONS, build_model
 from tprop_exp.core.perplexity import evaluate
 from tprop_exp.data.corpora import load_corpus, resolve_data_dir
 
-from . import checks, logger, records
+from . import checks, logger, machine, records
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -111,7 +111,7 @@ def run_locked(cfg: DictConfig, run_dir: Path, config: dict, device: torch.devic
     # The corpus moves to the device once; the cores' .to(device) are then no-ops.
     corpus.train, corpus.valid, corpus.test = (t.to(device) for t in (corpus.train, corpus.valid, corpus.test))
     btprop.compile_terms(bool(cfg.train.get("compile", False)))
-    checks.memory(cfg, len(corpus.vocab), len(corpus.train), device)  # before the model is built: refused, not swapped to death
+    machine.memory(cfg, len(corpus.vocab), len(corpus.train), device)  # before the model is built: refused, not swapped to death
     torch.manual_seed(cfg.train.seed)
     dtype = getattr(torch, cfg.train.dtype)
     model = build_model(cfg.arch, len(corpus.vocab)).to(device=device, dtype=dtype)
