@@ -20,7 +20,7 @@ STAMP := $(BIN)/.tprop_exp-installed
 RUN := $(PY) -m tprop_exp
 REPORT := $(PY) -m tprop_exp.report
 
-.PHONY: help setup demo test test-all bench bench-scaling plan dist bench-dist table1 table2 table3 figure methods all-tables clean
+.PHONY: help setup demo test test-all battery bench bench-scaling plan dist bench-dist table1 table2 table3 figure methods all-tables clean
 .DEFAULT_GOAL := help
 
 help:  ## list the targets and settings (installs nothing)
@@ -51,6 +51,9 @@ test: $(STAMP)  ## the fast test suite
 
 test-all: $(STAMP)  ## the tests, also the slow ones
 	$(PY) -m pytest -q -m "slow or not slow"
+
+battery: $(STAMP)  ## 60+ bad inputs and faults through the command line: one line, exit 2, nothing written
+	$(PY) scripts/battery.py
 
 # Throughput against a bare PyTorch loop: results/bench/<size>.md (SIZE=gpu on a GPU).
 SIZE ?= $(if $(shell $(PY) -c "import torch; print(torch.cuda.is_available() or '')" 2>/dev/null),gpu,cpu)

@@ -14,8 +14,10 @@ and exit status 2, before anything is written (checks.py). In a sweep (-m),
 a cell with bad input is recorded as `invalid`, a run that crashes as
 `failed`, and the sweep goes on.
 """
+import errno
 import math
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -53,7 +55,7 @@ _find_our_sweeper()
 
 @hydra.main(config_path=CONF, config_name="config", version_base="1.3")
 def main(cfg: DictConfig):
-    from tprop_exp.run import trainer as train
+    from tprop_exp.run import records, trainer as train
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
@@ -62,7 +64,12 @@ def main(cfg: DictConfig):
         schema.validate(cfg)  # checked before already; other launch paths land here too
         result = train.run(cfg, run_dir, overrides=hc.overrides.task, job_num=hc.job.num if multirun else 0)
         return train.objective(result)  # what a sweeper (Optuna) minimises: best validation perplexity
+    except checks.Stopped as e:  # SIGTERM/SIGINT before the trainer's handler
+        checks.stopped(e)
     except UserError as e:  # exit here, before Hydra adds lines of its own
+        if multirun and isinstance(e, records.InUse):  # another process runs it: its folder is not ours
+            print(f"{run_dir}: not run: {e}", file=sys.stderr)
+            return math.nan  # the sweeper counts it as `in use`
         if multirun:  # e.g. a data file missing for this cell only: the sweep goes on
             print(f"{run_dir}: invalid: {e}", file=sys.stderr)
             record(cfg, run_dir, hc, "invalid", str(e), write=not (run_dir / "result.json").exists())
@@ -75,6 +82,7 @@ def main(cfg: DictConfig):
         if multirun:
             traceback.print_exc()
             return math.inf
+        e.tprop_recorded = True  # a crash, recorded: not one of Hydra's folder writes (cli)
         raise
 
 
@@ -110,17 +118,36 @@ def subcommand(name, argv):
 
 def cli():
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # __main__'s start-up handler is for training
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         subcommand(sys.argv[1], sys.argv[2:])
+    checks.stop_at_startup()  # a signal before the trainer's handler: one line, no half-made folder
     # Let Hydra's errors reach us, so that they become one line and status 2.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
+        checks.check_flags(sys.argv[1:])
         main()
+    except checks.Stopped as e:
+        checks.stopped(e)
     except (UserError, HydraException, OmegaConfBaseException) as e:
-        checks.refuse(e)
-    except OSError as e:  # Hydra could not make or write the run (or sweep) folder
-        if e.filename is None:
+        line = checks.describe(e)
+        if any(line.startswith(f"unknown key {g} ") for g in checks.NULL_GROUPS):  # `row.x=1`, row null
+            line = checks.null_group_key(sys.argv[1:]) or line
+        checks.refuse(UserError(line))
+    except AssertionError as e:  # OmegaConf's, for `group.key=value` on a null group
+        line = checks.null_group_key(sys.argv[1:])
+        if line is None:
             raise
-        checks.refuse(UserError(f"cannot write {e.filename}: {e.strerror} (see hydra.run.dir, hydra.sweep.dir)"))
+        checks.refuse(UserError(line))
+    except OSError as e:  # Hydra could not make or write the run (or sweep) folder, or .hydra/
+        if getattr(e, "tprop_recorded", False):
+            raise
+        made = [d for d in checks.FRESH if d.exists()]
+        for d in made:
+            checks.forget(d)  # a 0-byte .hydra/config.yaml is not a run
+        where = e.filename or (made[0] if made else "the run folder")
+        cause = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        checks.refuse(UserError(f"cannot write {where}: {cause} (see hydra.run.dir, hydra.sweep.dir)"))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,11 @@
 Before each batch goes to the launcher (any launcher: basic, joblib,
 submitit), every cell is composed and checked here. A cell that fails is
 recorded as `invalid` (result.json in its own folder, with the message) and
-left out; the others run. At the end one line counts the outcomes, and the
-command exits with status 1 when any run did not complete.
+left out; the others run. Cells with the same run identity (they differ only
+in keys that do not change what a run computes, such as train.threads) share
+one run folder: the first runs, the others are left out and counted, so two
+processes never race for one folder. At the end one line counts the
+outcomes, and the command exits with status 1 when any run did not complete.
 """
 import json
 import sys
@@ -33,9 +36,11 @@ ConfigStore.instance().store(group="hydra/sweeper", name="tprop", node=TpropSwee
 
 def job_status(job):
     """A launched cell's status, from the result.json its run wrote (the task
-    function returns a float objective, for sweepers such as Optuna's)."""
+    function returns a float objective, for sweepers such as Optuna's; NaN
+    when another process held the run's folder, which it leaves alone)."""
     try:
-        job.return_value  # raises what the job raised past the task function
+        if job.return_value != job.return_value:  # raises what the job raised past the task function
+            return "in use"
         path = Path(job.hydra_cfg.hydra.runtime.output_dir) / "result.json"
         return json.loads(path.read_text()).get("status", "failed")
     except Exception:
@@ -54,12 +59,20 @@ class TpropSweeper(BasicSweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
 
         counts = dict.fromkeys(STATUSES, 0)
-        returns, job_idx = [], 0
+        extra = {"in use": 0, "duplicate": 0}  # said only when there are any
+        returns, job_idx, folders = [], 0, {}
         while not self.is_done():
             batch = []
             for cell in self.get_job_batch():
-                error = checks.check_cell(self.hydra_context.config_loader, self.config, cell)
-                if error is None:
+                error, folder = checks.check_cell(self.hydra_context.config_loader, self.config, cell)
+                if folder in folders:
+                    first = folders[folder]
+                    print(f"{folder}: the cell {' '.join(o for o in cell if o not in first)} is the same run as "
+                          f"{' '.join(o for o in first if o not in cell)} (they differ only in keys that do not "
+                          "change what it computes); it runs once", file=sys.stderr, flush=True)
+                    extra["duplicate"] += 1
+                elif error is None:
+                    folders[folder] = cell
                     batch.append(cell)
                 else:
                     checks.record_invalid(sweep_dir, cell, error)
@@ -70,8 +83,14 @@ class TpropSweeper(BasicSweeper):
                 returns.append(results)
                 for r in results:
                     status = job_status(r)
-                    counts[status if status in counts else "failed"] += 1
-        print("sweep: " + " / ".join(f"{n} {s}" for s, n in counts.items()), flush=True)
-        if sum(counts.values()) != counts["completed"]:
+                    if status in extra:
+                        extra[status] += 1
+                    else:
+                        counts[status if status in counts else "failed"] += 1
+        notes = [f"{extra['duplicate']} duplicate cell(s), the same run as another cell, run once" * bool(extra["duplicate"]),
+                 f"{extra['in use']} not run: in use by another process" * bool(extra["in use"])]
+        print("sweep: " + " / ".join(f"{n} {s}" for s, n in counts.items())
+              + "".join(f"; {n}" for n in notes if n), flush=True)
+        if sum(counts.values()) + extra["in use"] != counts["completed"]:
             sys.exit(1)
         return returns

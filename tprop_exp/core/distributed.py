@@ -211,9 +211,9 @@ class SharedTheta:
     def unscale(self, grad: torch.Tensor) -> torch.Tensor:
         return self.theta.unscale(grad).div_(self.scale)
 
-    def step(self) -> None:
+    def step(self) -> bool:
         self.comm.allreduce_grads(self.theta.params)
-        self.theta.step()
+        return self.theta.step()  # the same gradients everywhere: the same skip decision
 
 
 class Core:

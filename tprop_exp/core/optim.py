@@ -47,13 +47,23 @@ class ThetaStep:
             grad.div_(self.scaler.get_scale())
         return grad
 
-    def step(self) -> None:
-        """Global-norm clipping, then the optimizer's step. No host sync in fp32."""
+    def step(self) -> bool:
+        """Global-norm clipping, then the optimizer's step. No host sync in fp32.
+
+        Returns False when the fp16 scaler found an inf/NaN gradient and skipped
+        the step (it then lowers its scale), so that a caller can skip the steps
+        that the same backward pass fed (ALM's H).
+        """
         if self.clip > 0:
             self.scaler.unscale_(self.opt)
             torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        if not self.scaler.is_enabled():
+            self.scaler.step(self.opt)
+            return True
+        scale = self.scaler.get_scale()
         self.scaler.step(self.opt)
         self.scaler.update()
+        return self.scaler.get_scale() >= scale  # lowered only after an overflow
 
     def state_dict(self) -> dict:
         return {"opt": self.opt.state_dict(), "scaler": self.scaler.state_dict()}

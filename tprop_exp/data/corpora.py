@@ -15,12 +15,14 @@ an `<unk>` already written in the text (WikiText and PTB have them).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import logging
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
 import zipfile
@@ -118,8 +120,9 @@ def _pieces(text: str, sep: str = " "):
         start = end
 
 
-def _stream_pieces(binary, where: str):
-    """Text pieces of whole lines from a binary file object (UTF-8)."""
+def _stream_pieces(binary, where: str, local: bool = False):
+    """Text pieces of whole lines from a binary file object (UTF-8); `local`:
+    the user's own file (not a download to fetch again)."""
     with io.TextIOWrapper(binary, encoding="utf-8") as f:
         try:
             while piece := f.read(PIECE):
@@ -128,7 +131,11 @@ def _stream_pieces(binary, where: str):
                 yield piece
         except UnicodeDecodeError as e:
             raise UserError(f"{where} is not UTF-8 text ({e})") from None
-        except (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError, OSError) as e:
+        except OSError as e:
+            if local:
+                raise UserError(f"{where}: cannot read it ({e.strerror or e})") from None
+            raise UserError(f"{where} is corrupt ({e}); delete it to download it again") from None
+        except (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError) as e:
             raise UserError(f"{where} is corrupt ({e}); delete it to download it again") from None
 
 
@@ -216,16 +223,27 @@ def _local_paths(cfg) -> dict:
             raise UserError(f"dataset=local needs dataset.{split}=FILE "
                             f"(or dataset.path=DIR holding {split}.txt)")
         p = Path(to_absolute_path(str(Path(str(p)).expanduser())))
-        if not p.is_file():
-            raise UserError(f"dataset.{split}: {p} is not a file" if p.exists() else f"dataset.{split}: no such file {p}")
-        if p.stat().st_size == 0:
-            raise UserError(f"dataset.{split}: {p} is empty")
+        where = f"dataset.{split}" + (" (from dataset.path)" if cfg.get(split) is None else "")
+        try:
+            st = p.stat()  # follows links: a loop or a dangling link says so
+        except OSError as e:
+            cause = "no such file" if e.errno == errno.ENOENT else e.strerror
+            raise UserError(f"{where}: {p}: {cause}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise UserError(f"{where}: {p} is not a file")
+        try:  # read, not stat: /proc files report size 0, and permissions can refuse
+            with open(p, "rb") as f:
+                first = f.read(1)
+        except OSError as e:
+            raise UserError(f"{where}: cannot read {p} ({e.strerror or e})") from None
+        if not first:
+            raise UserError(f"{where}: {p} is empty")
         paths[split] = p
     return paths
 
 
 def _read_local(cfg, data_dir: Path) -> dict:
-    return {s: _stream_pieces(open(p, "rb"), f"dataset.{s}: {p}") for s, p in _local_paths(cfg).items()}
+    return {s: _stream_pieces(open(p, "rb"), f"dataset.{s}: {p}", local=True) for s, p in _local_paths(cfg).items()}
 
 
 _READERS = {"text8": _read_text8, "sample": _read_sample, "archive": _read_archive,
@@ -307,8 +325,12 @@ def _tokenise(texts: dict, cfg) -> Corpus:
         symbols = list(stoi)
     ids, vocab = _finish_vocab(ids, symbols, vocab_size)
     if len(vocab) < 2:
-        raise UserError(f"dataset {cfg.name} has only one distinct symbol ({vocab[0] if vocab else ''!r}); "
-                        "a language model needs at least 2")
+        where = f"dataset {cfg.name}: the training split"
+        if cfg.source == "local":
+            where = f"dataset {cfg.name}: dataset.train {_local_paths(cfg)['train']}"
+        what = (f"has only one distinct symbol ({vocab[0]!r})" if len(ids["train"])
+                else "has no symbols (only whitespace or blank lines)")
+        raise UserError(f"{where} {what}; a language model needs at least 2")
     for s in SPLITS:
         if len(ids[s]) < 2:
             raise UserError(f"the {s} split of dataset {cfg.name} has fewer than 2 tokens")

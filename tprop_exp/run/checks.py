@@ -15,6 +15,7 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Optional, Sequence
@@ -25,7 +26,7 @@ from omegaconf import errors as oe
 
 from tprop_exp import UserError
 
-from . import records, schema
+from . import machine, records, schema
 
 if TYPE_CHECKING:
     from hydra.core.config_loader import ConfigLoader
@@ -74,6 +75,8 @@ def describe(e: BaseException) -> str:
     for c in chain:
         key = getattr(c, "full_key", None)
         msg = str(getattr(c, "msg", "") or c).splitlines()[0] if str(c) else ""
+        if isinstance(c, oe.ConfigTypeError) and key and "does not support deletion" in msg:
+            return f"~{key}: a key of the schema cannot be removed; set it instead ({key}=VALUE)"
         if isinstance(c, (oe.ConfigKeyError, oe.ConfigAttributeError)) and key:
             return f"unknown key {key} (see tprop_exp/schema.py for the keys)"
         if isinstance(c, oe.ValidationError) and key:
@@ -98,9 +101,107 @@ def describe(e: BaseException) -> str:
     return msg
 
 
+def null_group_key(argv: Sequence[str]) -> Optional[str]:
+    """One line for `group.key=value` when that group is null in the config
+    (OmegaConf then fails an assertion instead of naming the key)."""
+    for arg in argv:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        group = key.split(".")[0]
+        chosen = any(a.split("=", 1)[0].lstrip("+~") == group for a in argv)
+        if "=" in arg and "." in key and group in NULL_GROUPS and not chosen:
+            return (f"{key}: {group} is null here, so it has no keys to set; "
+                    f"choose one first ({group}=NAME)")
+    return None
+
+
+NULL_GROUPS = ("profile", "row", "experiment", "hparams_search", "debug")  # conf/config.yaml: null
+
+
 def refuse(e: BaseException) -> NoReturn:
     print(f"tprop_exp: error: {describe(e)}", file=sys.stderr, flush=True)
     sys.exit(2)
+
+
+class Stopped(BaseException):
+    """SIGTERM or SIGINT before the trainer's own handler is set (start-up):
+    a BaseException, so that no `except Exception` records it as a crash."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def stop_at_startup() -> None:
+    """Until the trainer sets its handler, SIGTERM/SIGINT raise Stopped."""
+    def handler(signum: int, frame: Any) -> None:
+        raise Stopped(signum)
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, handler)
+
+
+def stopped(e: Stopped) -> NoReturn:
+    """Remove the folder this command made (if it holds only Hydra's files) and exit 128 + signal."""
+    for d in list(FRESH):
+        forget(d)
+    kept = [d for d in [*FRESH, *RESUMING] if d.is_dir()]
+    then = (f"{kept[0]} is kept; the run resumes when started again" if kept
+            else "nothing was written; the run starts afresh when started again")
+    print(f"tprop_exp: stopped by {e} before training began; {then}", file=sys.stderr, flush=True)
+    sys.exit(128 + e.signum)
+
+
+def check_flags(argv: Sequence[str]) -> None:
+    """Unknown or misplaced flags: one line instead of argparse's usage (SPEC §3)."""
+    from hydra._internal.utils import get_args_parser
+    parser = get_args_parser()
+    known = {o: a for a in parser._actions for o in a.option_strings}
+    if any(a.split("=")[0] in ("-h", "--help", "--hydra-help", "--version", "-sc", "--shell-completion")
+           for a in argv):
+        return  # they print and exit: Hydra's own
+    first_override, misplaced, i = None, None, 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("-") and len(a) > 1:
+            name = a.split("=", 1)[0]
+            action = known.get(name) or _abbreviation(name, known)
+            if action is None:
+                raise UserError(f"unknown flag {a!r}; the flags are -m, --cfg job, --config-dir DIR, "
+                                "--config-name NAME, --info, --help (see tprop_exp --help)")
+            if first_override is not None and misplaced is None:
+                misplaced = name
+            takes = action.nargs is None or (action.nargs == "?" and i + 1 < len(argv)
+                                             and "=" not in argv[i + 1] and not argv[i + 1].startswith("-"))
+            if takes and "=" not in a:
+                if i + 1 >= len(argv) or (action.nargs is None and "=" in argv[i + 1]
+                                          and not argv[i + 1].startswith(("/", ".", "~"))):
+                    given = f", not the override {argv[i + 1]!r}" if i + 1 < len(argv) else ""
+                    raise UserError(f"flag {name} needs a value{given} (e.g. {name} "
+                                    f"{'job' if action.dest == 'cfg' else 'DIR' if 'dir' in name or 'path' in name else 'NAME'}); flags go "
+                                    "before the overrides")
+                i += 1
+        elif first_override is None:
+            first_override = a
+        i += 1
+
+    class Refused(Exception):
+        pass
+
+    def error(message: str) -> NoReturn:
+        raise Refused(message)
+    parser.error = error  # type: ignore[method-assign]
+    try:
+        parser.parse_args(list(argv))
+    except Refused as e:
+        if misplaced is None:
+            raise UserError(f"{e} (see tprop_exp --help)") from None
+        raise UserError(f"flag {misplaced} comes after the overrides (after {first_override!r}); "
+                        f"flags go first: tprop_exp {misplaced} ... key=value ... ({e})") from None
+
+
+def _abbreviation(name: str, known: dict) -> Any:
+    """argparse takes an unambiguous prefix of a long flag."""
+    hits = {a for o, a in known.items() if name.startswith("--") and o.startswith(name)}
+    return hits.pop() if len(hits) == 1 else None
 
 
 # ------------------------------------------------------------ the checks
@@ -108,6 +209,7 @@ def refuse(e: BaseException) -> NoReturn:
 def check(root: DictConfig, run_dir: Optional[Path] = None) -> None:
     """Validate a composed config; if run_dir holds a run, it must be this one."""
     schema.validate(root)
+    machine.check(root)
     if root.get("data_dir") is not None:
         _placeable(Path(str(root.data_dir)).expanduser(), "data_dir")
     if root.dataset.source == "local":
@@ -159,6 +261,7 @@ def _ancestor(path):
 # A single run's folder that this command is about to make, with the nearest
 # folder above it that existed: `forget` may remove what lies between.
 FRESH = {}
+RESUMING = []  # an existing single-run folder this command is about to resume
 
 
 def forget(run_dir: str | Path) -> None:
@@ -190,19 +293,24 @@ class CheckRun(Callback):
             run_dir = Path(str(config.hydra.run.dir))
             if not run_dir.exists():
                 FRESH[run_dir.absolute()] = _ancestor(run_dir)
+            else:
+                RESUMING.append(run_dir.absolute())
             check(config, run_dir)
         except Exception as e:  # noqa: BLE001 (any error: one line, status 2)
             refuse(e)
 
 
-def check_cell(config_loader: ConfigLoader, master: DictConfig, cell: Sequence[str]) -> Optional[str]:
-    """None if a sweep cell composes and passes the checks, else one line."""
+def check_cell(config_loader: ConfigLoader, master: DictConfig,
+               cell: Sequence[str]) -> tuple[Optional[str], Optional[Path]]:
+    """(None, the cell's run folder) if a sweep cell composes and passes the
+    checks, else (one line, None)."""
     try:
         cfg = config_loader.load_sweep_config(master_config=master, sweep_overrides=list(cell))
-        check(cfg, Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir))
-        return None
+        folder = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+        check(cfg, folder)
+        return None, folder.absolute()
     except Exception as e:  # noqa: BLE001
-        return describe(e)
+        return describe(e), None
 
 
 def record_invalid(sweep_dir: str | Path, cell: Sequence[str], error: str) -> None:

@@ -163,8 +163,12 @@ def lock_run(run_dir: str | Path) -> filelock.FileLock:
     return lock
 
 
+class InUse(UserError):
+    """Another process owns the run folder: nothing of this one is written there."""
+
+
 def in_use(run_dir: str | Path, lock_file: str | Path) -> UserError:
-    return UserError(f"{run_dir} is in use by another run (it holds {lock_file}); wait for that run to end")
+    return InUse(f"{run_dir} is in use by another run (it holds {lock_file}); wait for that run to end")
 
 
 def check_unlocked(run_dir: str | Path) -> None:
@@ -230,8 +234,10 @@ def finished_result(run_dir: str | Path, config: dict) -> Optional[dict]:
         return None
     result = read_result(path)
     check_same_config(result.get("config", {}), config, path)
-    if result.get("status") == "failed":
-        return None  # a crash (out of memory, say) is tried again, from its checkpoint
+    if result.get("status") in ("failed", "invalid"):
+        # a crash (out of memory, say) is tried again, from its checkpoint; input
+        # refused once (a data file missing then) is checked again and run
+        return None
     return result
 
 

@@ -30,6 +30,20 @@ MODES = ("minibatch", "batch")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DTYPES = ("float32", "float64")
 LEVELS = ("char", "word")
+TOKENS = ("chars", "words")
+LOGGER_KEYS = {"none": ("name",), "csv": ("name",), "tensorboard": ("name",),  # run/logger.py
+               "wandb": ("name", "project", "entity", "mode", "id"),
+               "mlflow": ("name", "tracking_uri", "experiment")}
+SEED_MAX = 2 ** 64 - 1  # torch.manual_seed takes 0 .. 2**64 - 1 (a negative one wraps round)
+# The dataset keys each source reads (data/corpora.py); the others must stay null,
+# or the record would describe data the run never read.
+DATASET_COMMON = ("name", "source", "level", "vocab_size", "eos", "tokens")
+DATASET_READS = {
+    "text8": ("urls", "archive", "size", "sha1", "md5", "member", "member_sha1", "train_chars", "valid_chars"),
+    "sample": ("train_frac", "valid_frac"),
+    "archive": ("urls", "archive", "size", "sha1", "md5", "files", "file_md5"),
+    "local": ("path", "train", "valid", "test"),
+}
 
 
 @dataclass
@@ -216,7 +230,18 @@ def validate(cfg: DictConfig) -> None:
     if method.check is not None:
         method.check(m)
 
+    if isinstance(t.seed, bool) or not 0 <= t.seed <= SEED_MAX:
+        _bad("train.seed", t.seed, f"an integer from 0 to 2**64 - 1 ({SEED_MAX})")
+    choice("dataset.source", d.source, tuple(DATASET_READS))
     choice("dataset.level", d.level, LEVELS)
+    if d.tokens is not None:
+        choice("dataset.tokens", d.tokens, TOKENS + ("null",))
+    reads = DATASET_COMMON + DATASET_READS[d.source]
+    for key in d:
+        if key not in reads and not d._get_node(key)._is_none():
+            raise UserError(f"dataset.{key}: {d[key]!r} is not read by dataset {d.name} (source {d.source} "
+                            f"reads {', '.join(DATASET_READS[d.source])}); leave it null, or choose a dataset "
+                            "that reads it")
     if d.vocab_size is not None and d.vocab_size < 2:
         _bad("dataset.vocab_size", d.vocab_size, "an integer >= 2 or null")
     fracs = [(k, d[k]) for k in ("train_frac", "valid_frac") if d[k] is not None]
@@ -227,6 +252,14 @@ def validate(cfg: DictConfig) -> None:
         _bad("dataset.valid_frac", d.valid_frac,
              f"a number below {1 - d.train_frac:g} (train_frac + valid_frac < 1, the rest is test)")
     positive("seeds", cfg.seeds)
+    lg = cfg.get("logger")
+    if isinstance(lg, DictConfig):  # an untyped group: its keys are checked here (run/logger.py reads them)
+        reads = LOGGER_KEYS.get(lg.get("name"))
+        if reads is None:
+            _bad("logger.name", lg.get("name"), "one of " + ", ".join(LOGGER_KEYS))
+        extra = [k for k in lg if k not in reads]
+        if extra:
+            raise UserError(f"unknown key logger.{extra[0]} (logger {lg.name} reads {', '.join(reads)})")
 
 
 def method_config(node: DictConfig, schema: type) -> MethodConf:

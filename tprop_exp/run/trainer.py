@@ -16,6 +16,7 @@ import functools
 import logging
 import math
 import signal
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -31,7 +32,7 @@ from tprop_exp.core.model import PRECISIONS, build_model
 from tprop_exp.core.perplexity import evaluate
 from tprop_exp.data.corpora import load_corpus, resolve_data_dir
 
-from . import checks, logger, records
+from . import checks, logger, machine, records
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -110,6 +111,7 @@ def run_locked(cfg: DictConfig, run_dir: Path, config: dict, device: torch.devic
     # The corpus moves to the device once; the cores' .to(device) are then no-ops.
     corpus.train, corpus.valid, corpus.test = (t.to(device) for t in (corpus.train, corpus.valid, corpus.test))
     btprop.compile_terms(bool(cfg.train.get("compile", False)))
+    machine.memory(cfg, len(corpus.vocab), len(corpus.train), device)  # before the model is built: refused, not swapped to death
     torch.manual_seed(cfg.train.seed)
     dtype = getattr(torch, cfg.train.dtype)
     model = build_model(cfg.arch, len(corpus.vocab)).to(device=device, dtype=dtype)
@@ -136,8 +138,9 @@ def run_locked(cfg: DictConfig, run_dir: Path, config: dict, device: torch.devic
             status, error = t.fit()
     except Interrupted as e:
         where = f"epoch {t.epoch + 1}" + (f", update {t.pos['update']:,}" if t.pos else "")
-        log.warning("%s: stopped by %s in %s; checkpoint saved, the run resumes when started again",
-                    run_dir, e, where)
+        notice = f"{run_dir}: stopped by {e} in {where}; checkpoint saved, the run resumes when started again"
+        log.warning("%s", notice)
+        print(f"tprop_exp: {notice}", file=sys.stderr, flush=True)  # a notice: on stderr too
         raise SystemExit(128 + e.signum)
     finally:
         metrics.close()
@@ -213,9 +216,15 @@ class Trainer:
         if ckpt is None:
             return
         device = self.model.decoder.weight.device
-        self.model.load_state_dict(ckpt["model"])
-        self.theta.load_state_dict(ckpt["theta"])
-        self.sched.load_state_dict(ckpt["sched"])
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.theta.load_state_dict(ckpt["theta"])
+            self.sched.load_state_dict(ckpt["sched"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:  # e.g. the data's vocabulary changed
+            cause = str(e).strip().splitlines()
+            cause = next((c.strip() for c in cause if "size mismatch" in c), cause[0] if cause else type(e).__name__)
+            raise UserError(f"checkpoint {self.run_dir / 'checkpoint.pt'} does not fit this run's model "
+                            f"({cause}); delete it to start the run afresh") from None
         torch.set_rng_state(ckpt["rng"])
         self.epoch, self.history = ckpt["epoch"], ckpt["history"]
         self.best, self.bad_epochs, self.best_state = ckpt["best"], ckpt["bad_epochs"], ckpt["best_state"]

@@ -36,12 +36,22 @@ def update(model: LanguageModel, theta: ThetaStep | SharedTheta, S: btprop.Block
         s = btprop.objective(model, S, backward=lambda J: theta.backward(J / S.n, extra=[S.H]))
         stats = s if stats is None else {**stats, "last": s["last"]}
         theta.unscale(S.H.grad).mul_(S.n)  # J, not J / n, for H
-        active = btprop.masked_step(h_opt, S.H, active, m.h_tol, m.h_clip, S.comm)
-        theta.step()
-        taken += active
+        # θ's step first (it reads none of H): False when the fp16 scaler skipped it
+        if theta.step() and finite(S, theta):
+            active = btprop.masked_step(h_opt, S.H, active, m.h_tol, m.h_clip, S.comm)
+            taken += active
         if duals_on:
             btprop.dual_step(model, S, m.u_lr)
     return btprop.measure(model, S, stats, taken)
+
+
+def finite(S: btprop.Blocks, theta: ThetaStep | SharedTheta) -> bool:
+    """H's gradient is finite on every process. Read on the host under fp16
+    only (whose scaler reads its own flag anyway): fp32 keeps no sync."""
+    if not theta.scaler.is_enabled():
+        return True
+    norm = torch.linalg.vector_norm(S.H.grad)
+    return bool(torch.isfinite(norm if S.comm is None else S.comm.norm(norm)))
 
 
 def needs_h_steps(m: Any) -> None:
