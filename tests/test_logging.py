@@ -66,6 +66,35 @@ def test_progress_reads_the_loss_only_at_the_interval():
     assert (prefix, step, scalars["loss"]) == ("train", 100 + 3 * 20, 2.0 / 3)
 
 
+@pytest.mark.parametrize("name,mode,n,K,B", [
+    ("bptt", "minibatch", 700, 5, 4), ("bptt", "minibatch", 703, 7, 3), ("bptt", "batch", 400, 6, 2),
+    ("admm", "minibatch", 700, 5, 4), ("penalty", "minibatch", 301, 4, 7)])
+def test_updates_per_epoch_is_known_before_the_epoch(name, mode, n, K, B):
+    """The first epoch's total: as many as the core then reports."""
+    from tprop_exp.core import optim, registry
+    from tprop_exp.run.trainer import updates_per_epoch
+    from tests.helpers import run_cfg, stream, tiny_model
+    model = tiny_model()
+    cfg = run_cfg(batch_size=B, name=name, mode=mode, block_size=K, h_steps=1)
+    cfg.train.optimizer, cfg.train.lr = "sgd", 0.1
+    calls = []
+    theta = optim.ThetaStep(__import__("torch").optim.SGD(model.parameters(), lr=0.1), 0.0)
+    method = registry.method(name)
+    method.train_epoch(model, theta, stream(n), cfg, {}, on_update=lambda pos: calls.append(pos["update"]))
+    assert updates_per_epoch(cfg, method, n) == len(calls) == calls[-1]
+
+
+def test_first_epoch_bar_has_a_total(monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    p = logger.Progress(1, 0, 40, 5, 4, interval_s=3600, metrics=Metrics(), step0=0)
+    try:
+        assert p.bar is not None and p.bar.total == 40
+        p.update({"update": 10, "nll_sum": Counting()})
+        assert p.bar.format_dict["total"] == 40 and "25%" in str(p.bar)
+    finally:
+        p.close()
+
+
 def test_running_loss_of_btprop_is_ce_per_block():
     assert logger.running_loss({"update": 2, "sums": {"ce": 12.0}}, 3) == 2.0
 
@@ -109,7 +138,10 @@ def test_tensorboard_run_and_log_file(tmp_path):
     assert re.search(r"INFO run .*: method bptt \(minibatch\), lstm 8, [\d,]+ parameters, on cpu", text)
     assert re.search(r"tokens: train 3,000, valid [\d,]+, test [\d,]+", text)
     assert len(re.findall(r"INFO epoch [12]/2  train_ppl [\d.]+  valid_ppl", text)) == 2
-    assert re.search(r"INFO epoch 1  update \d+  loss [\d.]+  tokens/s [\d,]+", text)  # off a terminal
+    # off a terminal: "update i of N" (N known before the first epoch) and the NLL with its unit
+    m = re.search(r"INFO epoch 1  update (\d+) of (\d+)  train NLL [\d.]+ nats  tokens/s [\d,]+", text)
+    assert m and int(m[1]) <= int(m[2])
+    assert f"update {m[2]} of {m[2]} " in text  # log_interval_s=0: a line per update, the last one N of N
     assert re.search(rf"INFO run {d.name}: completed after 2 epochs .* best valid ppl [\d.]+, test ppl [\d.]+", text)
     assert "e+0" not in text
     assert text in p.stdout.replace("\r", "")  # the console shows the same lines

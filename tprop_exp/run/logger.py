@@ -78,14 +78,24 @@ def fields(row: dict) -> str:
 
 
 class Progress:
-    """One epoch's updates: call `update(pos)` after each (pos from the core)."""
+    """One epoch's updates: call `update(pos)` after each (pos from the core).
+
+    `total` is the epoch's number of updates, known from the data layout
+    before it starts (trainer.updates_per_epoch), so the bar shows a
+    percentage and an ETA from the first epoch on. On a terminal the loss
+    after the bar is read every `BAR_S` seconds; off one, a line every
+    `interval_s`. Between those reads no update waits on the device.
+    """
+
+    BAR_S = 1.0
 
     def __init__(self, epoch: int, start: int, total: Optional[int], block_size: int, batch_size: int,
-                 interval_s: float, metrics: NoLogger, step0: int) -> None:
-        self.epoch, self.update_n, self.B = epoch, start, batch_size
+                 interval_s: float, metrics: NoLogger, step0: int, loss_name: str = "train NLL") -> None:
+        self.epoch, self.update_n, self.total, self.B = epoch, start, total, batch_size
         self.tpu = block_size * batch_size  # tokens per update, BPTT and BTPROP alike
-        self.interval, self.metrics, self.step0 = interval_s, metrics, step0
-        self.t_last, self.n_last = time.monotonic(), start
+        self.interval, self.metrics, self.step0, self.loss_name = interval_s, metrics, step0, loss_name
+        self.t_last = self.t_bar = time.monotonic()
+        self.n_last = start
         self.bar = None
         if sys.stderr.isatty():
             self.bar = tqdm(total=total, initial=start, desc=f"epoch {epoch}", leave=False,
@@ -93,19 +103,21 @@ class Progress:
 
     def update(self, pos: dict) -> None:
         self.update_n = pos["update"]
+        now = time.monotonic()
         if self.bar is not None:
             self.bar.update(self.update_n - self.bar.n)
-        now = time.monotonic()
+            if now - self.t_bar >= min(self.BAR_S, self.interval):
+                self.t_bar = now
+                self.bar.set_postfix_str(f"{self.loss_name} {running_loss(pos, self.B):.4f} nats", refresh=False)
         if now - self.t_last < self.interval:
             return  # no host sync between intervals
         loss = running_loss(pos, self.B)
         rate = (self.update_n - self.n_last) * self.tpu / (now - self.t_last)
         self.t_last, self.n_last = now, self.update_n
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"loss {loss:.4f}  tokens/s {rate:,.0f}")
-        else:
-            log.info("epoch %d  update %s  loss %.4f  tokens/s %s", self.epoch,
-                     f"{self.update_n:,}", loss, f"{rate:,.0f}")
+        if self.bar is None:
+            of = f" of {self.total:,}" if self.total else ""
+            log.info("epoch %d  update %s%s  %s %.4f nats  tokens/s %s", self.epoch,
+                     f"{self.update_n:,}", of, self.loss_name, loss, f"{rate:,.0f}")
         # step: training tokens so far, counted across epochs (epoch/* scalars use the epoch)
         self.metrics.log({"loss": loss, "tokens_per_s": rate}, self.step0 + self.update_n * self.tpu, "train")
 

@@ -69,6 +69,22 @@ def objective(result: dict) -> float:
     return float(result["best_valid_ppl"])
 
 
+def updates_per_epoch(cfg: DictConfig, method: registry.Method, n_tokens: int, world: int = 1) -> Optional[int]:
+    """How many times the core calls on_update in one epoch of this process
+    (the lead's, in a distributed run), from the data layout alone: BPTT's
+    windows of the batchified stream (data.corpora.windows), BTPROP's
+    mini-batches of blocks. None when the layout is the method's own."""
+    K, B = cfg.method.block_size, cfg.train.batch_size
+    if method.shares == "streams":  # each process has T rows of its own streams
+        return max((n_tokens // B - 1) // K, 0)
+    if method.shares == "blocks":
+        if cfg.method.mode == "batch":
+            return None  # one update over every block, with no progress calls inside it
+        n, b = (n_tokens // world, B // world) if world > 1 else (n_tokens, B)
+        return -(-((n - 1) // K) // b)
+    return None
+
+
 class Interrupted(Exception):
     """SIGTERM or SIGINT arrived; the checkpoint is saved."""
 
@@ -189,8 +205,10 @@ class Trainer:
         self.corpus, self.run_dir, self.config = corpus, run_dir, config
         self.metrics = metrics or logger.NoLogger()
         self.status, self.stop = None, None  # status: set once the run has ended (diverged)
-        self.updates_per_epoch, self.progress = None, None
         method = registry.method(cfg.method.name, cfg.method.get("_target_"))  # train_epoch, end_epoch
+        self.progress = None  # the progress line names BPTT's running NLL, or BTPROP's CE given the free H
+        self.loss_name = "train CE given H" if method.shares == "blocks" else "train NLL"
+        self.updates_per_epoch = updates_per_epoch(cfg, method, len(corpus.train), comm.world if comm else 1)
         self.core = method if comm is None else distributed.Core(comm, method)
         self.comm, self.lead = comm, comm is None or comm.rank == 0  # the lead process writes records
         self.epoch, self.history, self.best, self.bad_epochs = 0, [], math.inf, 0
@@ -248,13 +266,13 @@ class Trainer:
         tokens_done = round(sum(r["tokens_per_s"] * r["seconds"] for r in self.history))
         self.progress = logger.Progress(
             self.epoch + 1, pos["update"] if pos else 0, self.updates_per_epoch, self.cfg.method.block_size,
-            self.cfg.train.batch_size, self.cfg.train.get("log_interval_s", 30), self.metrics, tokens_done)
+            self.cfg.train.batch_size, self.cfg.train.get("log_interval_s", 30), self.metrics, tokens_done,
+            loss_name=self.loss_name)
         try:
             stats = self.core.train_epoch(self.model, self.theta, self.corpus.train, self.cfg, self.state,
                                           epoch=self.epoch + 1, pos=pos, on_update=self.on_update)
         finally:
             self.progress.close()
-        self.updates_per_epoch = self.progress.update_n or None
         return stats
 
     def train_ppl(self) -> float:
