@@ -33,6 +33,13 @@ def test_numbers_are_readable():
     assert logger.number(12000) == "12,000"
     assert logger.number(None) == "None"
     assert logger.number(float("inf")) == "inf"
+    assert logger.number(7.04) == "7.040" and logger.number(6.99996) == "7.000"  # not "7"
+    assert logger.number(1.0) == "1.000" and logger.number(0.0) == "0"
+
+
+def test_run_labels_keep_the_settings_and_cut_the_hash():
+    assert logger.short_name("admm-K10-h10-gru128-sample_chars-c9b45dc6fd") == "admm-K10-h10-gru128-sample_chars-c9b45d"
+    assert logger.short_name("run") == "run" and logger.short_name("my-run-folder") == "my-run-folder"
 
 
 class Counting:
@@ -151,6 +158,8 @@ def test_optuna_search_over_lr(tmp_path):
     p = cli(["-m", "hparams_search=optuna_lr", *TINY, "train.max_epochs=1",
              "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
+    assert "setup plugin" not in p.stdout  # alembic's INFO lines, imported by Optuna
+    assert "\x1b[" not in p.stdout + p.stderr  # no colour codes in a pipe
     best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     results = [json.loads(f.read_text()) for f in (tmp_path / "sweep").glob("*/result.json")]
     assert len(results) == 2

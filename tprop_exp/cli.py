@@ -113,6 +113,8 @@ def cli():
         subcommand(sys.argv[1], sys.argv[2:])
     # Let Hydra's errors reach us, so that they become one line and status 2.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    if not sys.stderr.isatty():  # no colour codes in a pipe or a file (Optuna's lines; colorlog reads this)
+        os.environ.setdefault("NO_COLOR", "1")
     try:
         main()
     except (UserError, HydraException, OmegaConfBaseException) as e:

@@ -54,22 +54,32 @@ def run_label() -> str:
         hc = HydraConfig.get()
     except (ImportError, ValueError):
         return "-"
-    name = Path(hc.runtime.output_dir).name
-    if len(name) > 32:
-        name = f"{name[:15]}…{name[-15:]}"
+    name = short_name(Path(hc.runtime.output_dir).name)
     return f"{hc.job.num}:{name}" if hc.mode == RunMode.MULTIRUN else name
 
 
+def short_name(name: str) -> str:
+    """A run folder's name with its identity hash cut to 6 characters; the
+    settings before it (method, K, h-steps, cell and size, dataset) stay whole."""
+    prefix, _, digest = name.rpartition("-")
+    if prefix and len(digest) == 10 and all(c in "0123456789abcdef" for c in digest):
+        return f"{prefix}-{digest[:6]}"
+    return name
+
+
 def number(v: Any) -> str:
-    """Readable numbers: 39,390 rather than 3.939e+04."""
+    """Readable numbers: 39,390 rather than 3.939e+04; four significant
+    digits, trailing zeros kept (7.000, not 7, for 6.99996)."""
     if isinstance(v, bool) or not isinstance(v, float):
         return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
     if not math.isfinite(v):
         return str(v)
     if abs(v) >= 1000:
         return f"{v:,.0f}"
-    if v == 0 or abs(v) >= 1e-3:
-        return f"{v:.4g}"
+    if v == 0:
+        return "0"
+    if abs(v) >= 1e-3:
+        return f"{v:#.4g}".rstrip(".")
     return f"{v:.2e}"
 
 

@@ -170,7 +170,9 @@ def run_locked(cfg: DictConfig, run_dir: Path, config: dict, device: torch.devic
         records.drop_checkpoint(run_dir)
     log.info("run %s: %s after %s (%s of training); best valid ppl %s, test ppl %s; records in %s",
              run_dir.name, status, f"{t.epoch} epoch" + "s" * (t.epoch != 1), f"{t.wall:,.1f}s",
-             logger.number(result["best_valid_ppl"]), logger.number(result["test_ppl"]), run_dir)
+             logger.number(result["best_valid_ppl"]),
+             logger.number(result["test_ppl"]) if result["test_ppl"] is not None else f"not evaluated ({status})",
+             run_dir)
     return result
 
 
