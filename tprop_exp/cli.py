@@ -108,17 +108,49 @@ def subcommand(name, argv):
     sys.exit(status if isinstance(status, int) else 0)
 
 
+def typed_command():
+    """How this command was typed: the `tprop_exp` script, or `python -m tprop_exp`."""
+    name = Path(sys.argv[0]).name
+    return "python -m tprop_exp" if name in ("__main__.py", "-m", "-c", "") else name
+
+
+# Groups that --help does not list, not chosen by hand: the paper's experiments pick paper/common.
+HIDDEN_GROUPS = ("paper", "schema")  # schema: the built-in methods' keys, a base of conf/method
+
+
+def _hide_groups():
+    """--help's `$APP_CONFIG_GROUPS` lists every group Hydra finds (also in a
+    --config-dir) but those in HIDDEN_GROUPS."""
+    from hydra._internal.hydra import Hydra
+
+    listed = Hydra.format_config_groups
+    if getattr(listed, "hides", False):
+        return
+
+    def format_config_groups(self, predicate, compact=True):
+        return listed(self, lambda g: predicate(g) and g.split("/")[0] not in HIDDEN_GROUPS, compact)
+
+    format_config_groups.hides = True
+    Hydra.format_config_groups = format_config_groups
+
+
 def cli():
+    os.environ.setdefault("TPROP_EXP_COMMAND", typed_command())  # result.json's `command`
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
         subcommand(sys.argv[1], sys.argv[2:])
     # Let Hydra's errors reach us, so that they become one line and status 2.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     if not sys.stderr.isatty():  # no colour codes in a pipe or a file (Optuna's lines; colorlog reads this)
         os.environ.setdefault("NO_COLOR", "1")
+    _hide_groups()
     try:
         main()
     except (UserError, HydraException, OmegaConfBaseException) as e:
         checks.refuse(e)
+    except ValueError as e:  # Hydra's check of its flags, e.g. --cfg job with -m
+        if not str(e).startswith("Only one of"):
+            raise
+        checks.refuse(UserError("--cfg job prints one run's config: give one run's overrides, without -m"))
     except OSError as e:  # Hydra could not make or write the run (or sweep) folder
         if e.filename is None:
             raise

@@ -273,6 +273,12 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
+def command(overrides: Sequence[str]) -> str:
+    """This run's command as it was typed: `tprop_exp ...` or `python -m tprop_exp ...`
+    (the cli names it in TPROP_EXP_COMMAND, which the workers of a launcher inherit)."""
+    return " ".join([os.environ.get("TPROP_EXP_COMMAND", "python -m tprop_exp"), *overrides])
+
+
 def provenance(device: torch.device, overrides: Sequence[str]) -> dict:
     """Where a run's numbers come from: code, software versions, machine, command."""
     import torch
@@ -285,7 +291,7 @@ def provenance(device: torch.device, overrides: Sequence[str]) -> dict:
         "cudnn": torch.backends.cudnn.version(),  # None without cuDNN
         "hydra": hydra.__version__,
         "device": device_name(device),
-        "command": " ".join(["python -m tprop_exp", *overrides]),  # this run alone, also in a sweep
+        "command": command(overrides),  # this run alone, also in a sweep
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
