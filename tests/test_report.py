@@ -103,7 +103,10 @@ def test_written_files_and_csv_round_trip(tmp_path):
     out = tmp_path / "out"
     paths = report.write_report(runs, out, "python -m tprop_exp.report X")
     assert sorted(p.name for p in paths) == ["claims.md", "table1_main.csv", "table1_main.md",
-                                             "table1_main_curves.png"]
+                                             "table1_main.tex", "table1_main_curves.png"]
+    tex = (out / "table1_main.tex").read_text()  # LaTeX of every table: one tabular per dataset
+    assert tex.count(r"\begin{tabular}") == 2 and r"\toprule" in tex
+    assert r"102.0 $\pm$ 2.0 (3)" in tex and "K=10" in tex and "sample\\_words" in tex
     csv = pd.read_csv(out / "table1_main.csv")
     cell = csv[(csv["label"] == "BTPROP (n_h=1)") & (csv["mode"] == "batch")].iloc[0]
     assert (cell["valid_mean"], cell["valid_n"], cell["K"]) == (102.0, 2, 10)
@@ -238,7 +241,7 @@ def test_demo_only_gets_generic_table_and_no_claims(tmp_path, capsys):
     make_run(sweep, 52.0, test=53.0, train=42.0, name="demo", train__seed=2)
     out = tmp_path / "out"
     assert report.main([str(sweep), "--out", str(out)]) == 0
-    assert sorted(f.name for f in out.iterdir()) == ["demo.csv", "demo.md", "demo_curves.png"]
+    assert sorted(f.name for f in out.iterdir()) == ["demo.csv", "demo.md", "demo.tex", "demo_curves.png"]
     printed = capsys.readouterr().out
     assert "| 51.0 ± 1.4 (2) " in printed and "| 2 completed " in printed
 
@@ -251,7 +254,7 @@ def test_own_sweep_without_profile_goes_to_results(tmp_path, monkeypatch, capsys
     monkeypatch.chdir(tmp_path)
     assert report.main(["sweeps/small_gru"]) == 0
     assert sorted(f.name for f in (tmp_path / "results").iterdir()) == [
-        "small_gru.csv", "small_gru.md", "small_gru_curves.png"]
+        "small_gru.csv", "small_gru.md", "small_gru.tex", "small_gru_curves.png"]
     assert "- Profile: none" in capsys.readouterr().out
     assert plots._fmt("config.method.block_size", 10) == "method.block_size=10"  # legend entry
 
