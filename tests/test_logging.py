@@ -137,6 +137,16 @@ def test_tensorboard_run_and_log_file(tmp_path):
         assert [e.step for e in events] == [1, 2]
         assert [e.value for e in events] == pytest.approx([r[key] for r in rows], rel=1e-6)
     assert "train/loss" in tags and "train/tokens_per_s" in tags
+    # HParams tab: the run's keys and its final metrics
+    ea = EventAccumulator(str(d / "tensorboard"))
+    ea.Reload()
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    content = ea.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    hp = start.session_start_info.hparams
+    assert hp["arch.hidden_size"].number_value == 8 and hp["method.name"].string_value == "bptt"
+    result = json.loads((d / "result.json").read_text())
+    assert ea.Scalars("hparam/best_valid_ppl")[0].value == pytest.approx(result["best_valid_ppl"], rel=1e-6)
     assert len(ea.Scalars("train/loss")) >= 2
 
     text = (d / "tprop_exp.log").read_text()  # Hydra's job log: the whole history

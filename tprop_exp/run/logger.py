@@ -150,6 +150,9 @@ class NoLogger:
     def log(self, scalars: dict, step: int, prefix: str) -> None:
         pass
 
+    def final(self, config: dict, result: dict) -> None:
+        """At a run's end: its resolved config and result.json's metrics."""
+
     def close(self) -> None:
         pass
 
@@ -184,6 +187,14 @@ class TensorBoardLogger(NoLogger):
     def log(self, scalars: dict, step: int, prefix: str) -> None:
         for k, v in scalars.items():
             self.w.add_scalar(f"{prefix}/{k}", v, step)
+
+    def final(self, config: dict, result: dict) -> None:
+        """The run's keys and final metrics in TensorBoard's HParams tab (one
+        row per run, so runs of a sweep compare side by side)."""
+        hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                   for k, v in flat(config).items() if v is not None}
+        metrics = {f"hparam/{k}": math.nan if v is None else float(v) for k, v in result.items()}
+        self.w.add_hparams(hparams, metrics, run_name=".")
 
     def close(self) -> None:
         self.w.close()

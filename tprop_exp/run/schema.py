@@ -52,6 +52,7 @@ class TrainConf:
     ckpt_interval_s: float = volatile(600.0)
     log_interval_s: float = volatile(30.0)
     compile: bool = volatile(False)  # torch.compile: speed only, never the result
+    deterministic: bool = added(False)  # torch's deterministic algorithms; seeds every RNG in use
 
 
 @dataclass

@@ -108,14 +108,15 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: Sequence[str] = (), job
         log.info("%s: already %s; nothing to do", run_dir, done["status"])
         return done
     device = pick_device(cfg.train.device, job_num)
-    if distributed.environment()[0] != 0:  # the lead process holds the folder for them all
-        return run_locked(cfg, run_dir, config, device, overrides)
-    lock = records.lock_run(run_dir)
-    try:
-        records.remove_partial(run_dir)
-        return run_locked(cfg, run_dir, config, device, overrides)
-    finally:
-        lock.release()
+    with deterministic(bool(cfg.train.get("deterministic", False))):
+        if distributed.environment()[0] != 0:  # the lead process holds the folder for them all
+            return run_locked(cfg, run_dir, config, device, overrides)
+        lock = records.lock_run(run_dir)
+        try:
+            records.remove_partial(run_dir)
+            return run_locked(cfg, run_dir, config, device, overrides)
+        finally:
+            lock.release()
 
 
 def run_locked(cfg: DictConfig, run_dir: Path, config: dict, device: torch.device,
@@ -133,7 +134,7 @@ def run_locked(cfg: DictConfig, run_dir: Path, config: dict, device: torch.devic
     # The corpus moves to the device once; the cores' .to(device) are then no-ops.
     corpus.train, corpus.valid, corpus.test = (t.to(device) for t in (corpus.train, corpus.valid, corpus.test))
     btprop.compile_terms(bool(cfg.train.get("compile", False)))
-    torch.manual_seed(cfg.train.seed)
+    seed_everything(cfg.train.seed)
     dtype = getattr(torch, cfg.train.dtype)
     model = build_model(cfg.arch, len(corpus.vocab)).to(device=device, dtype=dtype)
     model.amp_dtype = PRECISIONS[cfg.train.precision]  # autocast; weights stay in `dtype`
@@ -156,6 +157,8 @@ def run_locked(cfg: DictConfig, run_dir: Path, config: dict, device: torch.devic
     try:
         with stop_on_signals(t), logging_redirect_tqdm():  # log lines above the bar
             status, error = t.fit()
+        result = t.result(status, prov)
+        metrics.final(config, {k: result[k] for k in records.RESULT_FIELDS})
     except Interrupted as e:
         where = f"epoch {t.epoch + 1}" + (f", update {t.pos['update']:,}" if t.pos else "")
         log.warning("%s: stopped by %s in %s; checkpoint saved, the run resumes when started again",
@@ -163,7 +166,6 @@ def run_locked(cfg: DictConfig, run_dir: Path, config: dict, device: torch.devic
         raise SystemExit(128 + e.signum)
     finally:
         metrics.close()
-    result = t.result(status, prov)
     if error:
         result["error"] = error
     if not t.lead:
@@ -180,6 +182,39 @@ def run_locked(cfg: DictConfig, run_dir: Path, config: dict, device: torch.devic
              logger.number(result["test_ppl"]) if result["test_ppl"] is not None else f"not evaluated ({status})",
              run_dir)
     return result
+
+
+def seed_everything(seed: int) -> None:
+    """The RNGs a run may draw from: torch's (CPU and every GPU), Python's, NumPy's."""
+    import random
+
+    import numpy as np
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+@contextmanager
+def deterministic(on: bool) -> Iterator[None]:
+    """train.deterministic: torch's deterministic algorithms (an error for an
+    operation that has none), cuDNN without autotuning, and cuBLAS's fixed
+    workspace; restored afterwards, since a sweep's runs may share a process."""
+    if not on:
+        yield
+        return
+    import os
+    old = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+           torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = old[1], old[2]
+        if old[3] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
 @contextmanager
