@@ -256,7 +256,8 @@ def test_own_sweep_without_profile_goes_to_results(tmp_path, monkeypatch, capsys
     assert sorted(f.name for f in (tmp_path / "results").iterdir()) == [
         "small_gru.csv", "small_gru.md", "small_gru.tex", "small_gru_curves.png"]
     assert "- Profile: none" in capsys.readouterr().out
-    assert plots._fmt("config.method.block_size", 10) == "method.block_size=10"  # legend entry
+    assert plots._fmt("config.method.block_size", 10) == "K=10"  # legend entry: a short name
+    assert plots._fmt("config.method.name", "admm") == "admm"
 
 
 def summ(rows, **common):
@@ -408,7 +409,11 @@ def test_curve_and_diagnostic_figures(tmp_path):
     assert sorted(ax.get_title() for ax in panels) == sorted(
         f"{d} · {m} · K=10" for d in ("sample_chars", "sample_words") for m in ("batch", "minibatch"))
     ax = panels[0]
-    assert ax.get_xlabel() == "epoch" and ax.get_ylabel() == "perplexity"
+    assert ax.get_ylabel() == "perplexity (log scale)" and ax.get_yscale() == "log"
+    mode = ax.get_title().split(" · ")[1]  # each panel holds one mode: its x-axis says what an epoch is
+    assert ax.get_xlabel() == {"batch": "epoch (batch mode: one update per epoch)",
+                               "minibatch": "epoch (mini-batch mode: a pass over the data)"}[mode]
+    assert len([t for t in ax.get_yticks() if ax.get_ylim()[0] <= t <= ax.get_ylim()[1]]) >= 3  # labelled ticks
     assert len(ax.get_lines()) == 4  # BPTT and BTPROP, train and valid
     bptt_valid = ax.get_lines()[0]
     assert list(bptt_valid.get_xdata()) == [1, 2, 3]
@@ -418,12 +423,21 @@ def test_curve_and_diagnostic_figures(tmp_path):
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend == ["BPTT", "BTPROP (n_h=1)", "valid", "train"]
     assert "profile: sample · device: cpu (test)" in fig._suptitle.get_text()
+    assert "± 1 standard deviation over seeds" in fig._suptitle.get_text()  # the band, explained
     plt.close(fig)
 
     fig = plots.diagnostics_figure(runs, summary, keys, "t")
     titles = [ax.get_title() for ax in visible(fig)]
-    assert len(titles) == 2 * 5  # datasets x (penalty, residual, dual norm, h-steps, λ)
-    assert "sample_words: dual norm ‖u‖" in titles
+    # datasets x (penalty, residual, dual norm): h-steps and λ are constant here, so not drawn
+    assert len(titles) == 2 * 3
+    assert r"sample_words: dual norm $\|u\|$" in titles and not any("{" in t and "$" not in t for t in titles)
+    plt.close(fig)
+    # a residual at float rounding (1e-16) is no value: its panel goes too
+    for d in runs.loc[runs["method"] == "admm", "run_dir"]:
+        rows = [json.loads(line) for line in (Path(d) / "metrics.jsonl").read_text().splitlines()]
+        (Path(d) / "metrics.jsonl").write_text("".join(json.dumps({**r, "residual": 1e-16}) + "\n" for r in rows))
+    fig = plots.diagnostics_figure(runs, summary, keys, "t")
+    assert not any("residual" in ax.get_title() for ax in visible(fig))
     plt.close(fig)
     # a run without BTPROP columns (today's metrics) draws no diagnostics, and no error
     bptt = runs[runs["method"] == "bptt"]
