@@ -169,6 +169,7 @@ def test_optuna_search_over_lr(tmp_path):
              "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "setup plugin" not in p.stdout  # alembic's INFO lines, imported by Optuna
+    assert "sweep: 2 completed / 0 diverged / 0 failed / 0 invalid" in p.stdout  # as the basic sweeper says
     assert "\x1b[" not in p.stdout + p.stderr  # no colour codes in a pipe
     best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     results = [json.loads(f.read_text()) for f in (tmp_path / "sweep").glob("*/result.json")]
@@ -178,3 +179,11 @@ def test_optuna_search_over_lr(tmp_path):
     assert best["best_value"] == pytest.approx(min(r["best_valid_ppl"] for r in results))
     # each run's lines carry the job's number
     assert re.search(r"\[0:[^\]]+\] INFO epoch 1/1", p.stdout) and re.search(r"\[1:[^\]]+\] INFO epoch 1/1", p.stdout)
+
+
+@pytest.mark.slow
+def test_optuna_search_with_a_diverged_trial_says_so_and_exits_1(tmp_path):
+    p = cli(["-m", "hparams_search=optuna_lr", *TINY, "train.max_epochs=1", "hydra.sweeper.n_trials=1",
+             "train.lr=choice(1000000.0)", "train.clip=0", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+    assert p.returncode == 1, p.stderr[-3000:]
+    assert "sweep: 0 completed / 1 diverged / 0 failed / 0 invalid" in p.stdout
