@@ -50,7 +50,8 @@ def _log_y(ax, values):
 def _shows_something(values):
     """False for a constant, or values that are all float rounding noise."""
     v = values.dropna()
-    if v.empty or (v.abs() <= NOISE).all():
+    v = v.where(v.abs() > NOISE, 0.0)
+    if v.empty:
         return False
     return bool(v.max() - v.min() > 1e-9 * max(abs(v.max()), abs(v.min())))
 
@@ -151,6 +152,8 @@ def _epoch_axis(ax, epochs):
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if epochs.nunique() == 1:
         ax.set_xlim(epochs.iloc[0] - 1, epochs.iloc[0] + 1)
+    else:  # every epoch of the panel, also where a line starts late (duals from u_start_epoch)
+        ax.set_xlim(epochs.min() - 0.2, epochs.max() + 0.2)
 
 
 def _title(panel, keys):
@@ -260,7 +263,7 @@ def diagnostics_figure(runs, summary, keys, title):
     for row, d in zip(axes, datasets):
         for ax, (col, label, log) in zip(row, present):
             g = h[h["_dataset"] == d]
-            g = g.assign(**{col: g[col].where(g[col].abs() > NOISE)})  # rounding noise is no value
+            g = g.assign(**{col: g[col].where(g[col].abs() > NOISE, 0.0)})  # rounding noise is zero
             values = g[col].dropna()
             # log only where the values span a decade or more; the label says which
             log_here = bool(log and len(values) and (values > 0).all() and values.max() >= 10 * values.min())
