@@ -258,6 +258,9 @@ class Trainer:
         self.best_state, self.state, self.pos = None, {}, None  # state: the core's, across epochs
         self.wall = 0.0
         self.last_save = time.monotonic()
+        # read once: on_update runs at every update, and a DictConfig lookup costs microseconds
+        self.minibatch = cfg.method.mode == "minibatch"
+        self.ckpt_interval_s = float(cfg.train.ckpt_interval_s)
 
     def checkpoint(self, pos: Optional[dict] = None) -> None:
         save = records.save_checkpoint if self.comm is None else functools.partial(records.save_shared_checkpoint, self.comm)
@@ -289,12 +292,12 @@ class Trainer:
 
     def on_update(self, pos: dict) -> None:
         self.progress.update(pos)
-        if self.cfg.method.mode != "minibatch":
+        if not self.minibatch:
             if self.stop is not None:
                 raise Interrupted(self.stop)  # the epoch's start is checkpointed
             return
         stop = self.stop is not None
-        due = stop or time.monotonic() - self.last_save > self.cfg.train.ckpt_interval_s
+        due = stop or time.monotonic() - self.last_save > self.ckpt_interval_s
         if self.comm is not None:  # every process takes part in a checkpoint, and stops together
             due, stop = self.comm.decide(due), self.comm.decide(stop)
         if due:
