@@ -28,6 +28,15 @@ ends); evaluation. Each side is credited with the tokens it predicts, so a
 layout that drops a stream's tail is not paid for work it did not do.
 `--scaling`: seconds per epoch against corpus size, and batch mode's peak
 memory against the number of blocks (method.chunk_blocks bounds it).
+
+Two more rows per size, at the sizes of SGD_SIZE and CLI_SIZE: `bptt_sgd`,
+BPTT with plain SGD against the bare loop with torch.optim.SGD (char level,
+V=63, LSTM 200, 35 steps × 20 streams); `cli`, a whole run of the command
+(`python -m tprop_exp`, its `train_tokens_per_s` from result.json: training
+time only) against a bare script on the same corpus prefix and layout
+(LSTM 128, 32 streams, unroll 50, Adam), each in its own process,
+interleaved pairs whose order alternates, the ratio their median. `--rows
+sgd,cli` runs only those.
 """
 import argparse
 import datetime
@@ -67,6 +76,9 @@ SIZES = {
             ("word", 267_735, 512, 100_000, 32, 64)],
 }
 K, N_H = 10, 2
+# (V, hidden, K, streams, tokens) of the bptt_sgd row; (hidden, streams, K, training tokens) of the cli row
+SGD_SIZE = {"cpu": (63, 200, 35, 20, 70_000), "gpu": (63, 200, 35, 20, 2_000_000)}
+CLI_SIZE = {"cpu": (128, 32, 50, 100_000), "gpu": (128, 32, 50, 600_000)}
 
 
 def cfg_of(mode, B, chunk, name="admm"):
@@ -199,6 +211,92 @@ def one_row(spec):
             "peak MiB": peak / 2 ** 20, "blocks": nb}
 
 
+def sgd_row(spec):
+    """BPTT with plain SGD (lr 1, clip 0.5), ours against the bare loop, interleaved pairs."""
+    device = pick_device(spec["device"])
+    V, d, k, B, n_tok = spec["sgd"]
+    torch.manual_seed(0)
+    stream = torch.randint(0, V, (n_tok + 1,), device=device)
+    model = LanguageModel(V, "lstm", d).to(device)
+    cfg = OmegaConf.merge(cfg_of("minibatch", B, 64, "bptt"),
+                          {"method": {"block_size": k}, "train": {"optimizer": "sgd", "lr": 1.0}})
+    theta = optim.build(model, cfg)
+    bare = Bare(V, d).to(device)
+    bare_opt = torch.optim.SGD(bare.parameters(), lr=1.0)
+    from tprop_exp.data.corpora import batchify, windows
+    bx, by, _ = windows(batchify(stream, B).to(device), k)
+    ours = lambda: bptt.train_epoch(model, theta, stream, cfg, {})
+    ref = lambda: bare.epoch(bare_opt, bx, by)
+
+    def timed(fn):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        return time.perf_counter() - t
+
+    timed(ours), timed(ref)  # warm-up
+    pairs = []
+    for r in range(spec["repeats"]):
+        a, b = (timed(ref), timed(ours))[::-1] if r % 2 else (timed(ours), timed(ref))
+        pairs.append((a, b))
+    s_ours = statistics.median(o for o, _ in pairs)
+    return {"tokens/s": bx.numel() / s_ours, "ratio": statistics.median(r / o for o, r in pairs),
+            "ms/update": 1000 * s_ours / bx.shape[0], "peak MiB": None}
+
+
+def bare_script(spec):
+    """The bare script of the cli row: the corpus prefix a run reads, batchified
+    and cut into windows as a run does, the bare loop over it once; tokens/s."""
+    from tprop_exp.data.corpora import batchify, load_corpus, resolve_data_dir, windows
+    from hydra import compose, initialize_config_dir
+    from tprop_exp.run.schema import CONF
+    d, B, k, n_tok = spec["cli"]
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        ds = compose("config", overrides=["dataset=sample_chars"]).dataset
+    corpus = load_corpus(ds, resolve_data_dir(None))
+    device = pick_device(spec["device"])
+    torch.manual_seed(1111)
+    bare = Bare(len(corpus.vocab), d).to(device)
+    opt = torch.optim.Adam(bare.parameters(), lr=0.002)
+    x, y, _ = windows(batchify(corpus.train[:n_tok], B).to(device), k)
+    sync(device)
+    t = time.perf_counter()
+    bare.epoch(opt, x, y)
+    sync(device)
+    return {"tokens/s": x.numel() / (time.perf_counter() - t)}
+
+
+def cli_row(spec):
+    """A whole run of the command against the bare script, each in its own process."""
+    import tempfile
+    d, B, k, n_tok = spec["cli"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("HYDRA_FULL_ERROR", None)
+    args = ["dataset=sample_chars", "method=bptt", "arch=lstm", f"arch.hidden_size={d}",
+            f"train.batch_size={B}", f"method.block_size={k}", "train.optimizer=adam", "train.lr=0.002",
+            f"train.train_tokens={n_tok}", "train.max_epochs=1", "train.train_eval_tokens=1000",
+            f"train.device={spec['device']}"]
+
+    def ours():
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run([sys.executable, "-m", "tprop_exp", *args, f"hydra.run.dir={tmp}/run"],
+                           env=env, capture_output=True, text=True, check=True, cwd=tmp)
+            return json.loads((Path(tmp) / "run" / "result.json").read_text())["train_tokens_per_s"]
+
+    def ref():
+        out = subprocess.run([sys.executable, __file__, "--bare", json.dumps(spec)], env=env,
+                             capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])["tokens/s"]
+
+    pairs = []
+    for r in range(spec["repeats"]):
+        a, b = (ref(), ours())[::-1] if r % 2 else (ours(), ref())
+        pairs.append((a, b))
+    return {"tokens/s": statistics.median(o for o, _ in pairs),
+            "ratio": statistics.median(o / r for o, r in pairs), "ms/update": None, "peak MiB": None}
+
+
 def run_row(spec):
     """one_row in a fresh interpreter, so its peak memory is its own."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -215,11 +313,18 @@ def main():
     ap.add_argument("--threads", type=int, help="torch CPU threads (also in each row)")
     ap.add_argument("--scaling", action="store_true", help="epoch time and memory against size")
     ap.add_argument("--out", default="results/bench")
+    ap.add_argument("--rows", default="all", help="all, or a comma list of: core, sgd, cli")
     ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--bare", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(one_row(json.loads(args.one))))
+        spec = json.loads(args.one)
+        print(json.dumps(sgd_row(spec) if spec["row"] == "bptt_sgd" else one_row(spec)))
         return
+    if args.bare:
+        print(json.dumps(bare_script(json.loads(args.bare))))
+        return
+    wanted = {"core", "sgd", "cli"} if args.rows == "all" else set(args.rows.split(","))
     device = pick_device(args.device)
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -227,7 +332,17 @@ def main():
     base = {"device": args.device, "repeats": args.repeats}
     rows = []
     if not args.scaling:
-        for setting in SIZES[args.size]:
+        if "sgd" in wanted:
+            V, d, k, B, _ = SGD_SIZE[args.size]
+            r = run_row({**base, "row": "bptt_sgd", "sgd": SGD_SIZE[args.size]})
+            rows.append({"setting": f"char V={V} LSTM {d}, K={k}, SGD", "row": "bptt_sgd", "streams/chunk": B,
+                         **{k2: r[k2] for k2 in ("tokens/s", "ratio", "ms/update", "peak MiB")}})
+        if "cli" in wanted:
+            d, B, k, n = CLI_SIZE[args.size]
+            r = cli_row({**base, "cli": CLI_SIZE[args.size]})
+            rows.append({"setting": f"sample_chars LSTM {d}, K={k}, Adam, {n:,} tokens", "row": "cli",
+                         "streams/chunk": B, **{k2: r[k2] for k2 in ("tokens/s", "ratio", "ms/update", "peak MiB")}})
+        for setting in (SIZES[args.size] if "core" in wanted else []):
             for row in ROWS:
                 r = run_row({**base, "setting": setting, "row": row})
                 width = setting[5] if row in ("theta_step", "h_step", "forward_init") else setting[4]

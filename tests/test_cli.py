@@ -434,6 +434,7 @@ def test_diverged_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     res = result(d)
     assert res["status"] == "diverged"
     assert res["epochs"] == 1 and len(metrics(d)) == 1  # it stops at once
+    assert "test ppl not evaluated (diverged)" in p.stdout and "test ppl None" not in p.stdout
     assert RESULT_KEYS <= set(res)
     row = metrics(d)[0]  # non-finite numbers are written as null
     train_ppl, valid_ppl = (math.inf if v is None else v for v in (row["train_ppl"], row["valid_ppl"]))

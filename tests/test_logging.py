@@ -33,6 +33,13 @@ def test_numbers_are_readable():
     assert logger.number(12000) == "12,000"
     assert logger.number(None) == "None"
     assert logger.number(float("inf")) == "inf"
+    assert logger.number(7.04) == "7.040" and logger.number(6.99996) == "7.000"  # not "7"
+    assert logger.number(1.0) == "1.000" and logger.number(0.0) == "0"
+
+
+def test_run_labels_keep_the_settings_and_cut_the_hash():
+    assert logger.short_name("admm-K10-h10-gru128-sample_chars-c9b45dc6fd") == "admm-K10-h10-gru128-sample_chars-c9b45d"
+    assert logger.short_name("run") == "run" and logger.short_name("my-run-folder") == "my-run-folder"
 
 
 class Counting:
@@ -64,6 +71,35 @@ def test_progress_reads_the_loss_only_at_the_interval():
     assert Counting.reads == 1
     prefix, step, scalars = m.rows[0]
     assert (prefix, step, scalars["loss"]) == ("train", 100 + 3 * 20, 2.0 / 3)
+
+
+@pytest.mark.parametrize("name,mode,n,K,B", [
+    ("bptt", "minibatch", 700, 5, 4), ("bptt", "minibatch", 703, 7, 3), ("bptt", "batch", 400, 6, 2),
+    ("admm", "minibatch", 700, 5, 4), ("penalty", "minibatch", 301, 4, 7)])
+def test_updates_per_epoch_is_known_before_the_epoch(name, mode, n, K, B):
+    """The first epoch's total: as many as the core then reports."""
+    from tprop_exp.core import optim, registry
+    from tprop_exp.run.trainer import updates_per_epoch
+    from tests.helpers import run_cfg, stream, tiny_model
+    model = tiny_model()
+    cfg = run_cfg(batch_size=B, name=name, mode=mode, block_size=K, h_steps=1)
+    cfg.train.optimizer, cfg.train.lr = "sgd", 0.1
+    calls = []
+    theta = optim.ThetaStep(__import__("torch").optim.SGD(model.parameters(), lr=0.1), 0.0)
+    method = registry.method(name)
+    method.train_epoch(model, theta, stream(n), cfg, {}, on_update=lambda pos: calls.append(pos["update"]))
+    assert updates_per_epoch(cfg, method, n) == len(calls) == calls[-1]
+
+
+def test_first_epoch_bar_has_a_total(monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    p = logger.Progress(1, 0, 40, 5, 4, interval_s=3600, metrics=Metrics(), step0=0)
+    try:
+        assert p.bar is not None and p.bar.total == 40
+        p.update({"update": 10, "nll_sum": Counting()})
+        assert p.bar.format_dict["total"] == 40 and "25%" in str(p.bar)
+    finally:
+        p.close()
 
 
 def test_running_loss_of_btprop_is_ce_per_block():
@@ -101,6 +137,16 @@ def test_tensorboard_run_and_log_file(tmp_path):
         assert [e.step for e in events] == [1, 2]
         assert [e.value for e in events] == pytest.approx([r[key] for r in rows], rel=1e-6)
     assert "train/loss" in tags and "train/tokens_per_s" in tags
+    # HParams tab: the run's keys and its final metrics
+    ea = EventAccumulator(str(d / "tensorboard"))
+    ea.Reload()
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    content = ea.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    hp = start.session_start_info.hparams
+    assert hp["arch.hidden_size"].number_value == 8 and hp["method.name"].string_value == "bptt"
+    result = json.loads((d / "result.json").read_text())
+    assert ea.Scalars("hparam/best_valid_ppl")[0].value == pytest.approx(result["best_valid_ppl"], rel=1e-6)
     assert len(ea.Scalars("train/loss")) >= 2
 
     text = (d / "tprop_exp.log").read_text()  # Hydra's job log: the whole history
@@ -109,7 +155,10 @@ def test_tensorboard_run_and_log_file(tmp_path):
     assert re.search(r"INFO run .*: method bptt \(minibatch\), lstm 8, [\d,]+ parameters, on cpu", text)
     assert re.search(r"tokens: train 3,000, valid [\d,]+, test [\d,]+", text)
     assert len(re.findall(r"INFO epoch [12]/2  train_ppl [\d.]+  valid_ppl", text)) == 2
-    assert re.search(r"INFO epoch 1  update \d+  loss [\d.]+  tokens/s [\d,]+", text)  # off a terminal
+    # off a terminal: "update i of N" (N known before the first epoch) and the NLL with its unit
+    m = re.search(r"INFO epoch 1  update (\d+) of (\d+)  train NLL [\d.]+ nats  tokens/s [\d,]+", text)
+    assert m and int(m[1]) <= int(m[2])
+    assert f"update {m[2]} of {m[2]} " in text  # log_interval_s=0: a line per update, the last one N of N
     assert re.search(rf"INFO run {d.name}: completed after 2 epochs .* best valid ppl [\d.]+, test ppl [\d.]+", text)
     assert "e+0" not in text
     assert text in p.stdout.replace("\r", "")  # the console shows the same lines
@@ -119,6 +168,9 @@ def test_optuna_search_over_lr(tmp_path):
     p = cli(["-m", "hparams_search=optuna_lr", *TINY, "train.max_epochs=1",
              "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
+    assert "setup plugin" not in p.stdout  # alembic's INFO lines, imported by Optuna
+    assert "sweep: 2 completed / 0 diverged / 0 failed / 0 invalid" in p.stdout  # as the basic sweeper says
+    assert "\x1b[" not in p.stdout + p.stderr  # no colour codes in a pipe
     best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     results = [json.loads(f.read_text()) for f in (tmp_path / "sweep").glob("*/result.json")]
     assert len(results) == 2
@@ -127,3 +179,11 @@ def test_optuna_search_over_lr(tmp_path):
     assert best["best_value"] == pytest.approx(min(r["best_valid_ppl"] for r in results))
     # each run's lines carry the job's number
     assert re.search(r"\[0:[^\]]+\] INFO epoch 1/1", p.stdout) and re.search(r"\[1:[^\]]+\] INFO epoch 1/1", p.stdout)
+
+
+@pytest.mark.slow
+def test_optuna_search_with_a_diverged_trial_says_so_and_exits_1(tmp_path):
+    p = cli(["-m", "hparams_search=optuna_lr", *TINY, "train.max_epochs=1", "hydra.sweeper.n_trials=1",
+             "train.lr=choice(1000000.0)", "train.clip=0", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+    assert p.returncode == 1, p.stderr[-3000:]
+    assert "sweep: 0 completed / 1 diverged / 0 failed / 0 invalid" in p.stdout

@@ -39,13 +39,13 @@ def test_compile_switch_changes_no_result():
 
 
 def test_plan_expands_the_sweep_and_estimates_each_run(monkeypatch):
-    """Runs come from Hydra's own sweep expansion; hours = epochs × (training
-    tokens / training speed + evaluated tokens / evaluation speed) + test."""
+    """Runs come from Hydra's own sweep expansion; time per run = epochs ×
+    (training tokens / training speed + evaluated tokens / evaluation speed) + test."""
     from tprop_exp.report import plan
     monkeypatch.setattr(plan, "speed", lambda cfg, vocab: (1000.0, 1e6))  # timing is not tested here
     table = plan.plan(["experiment=demo", "profile=sample", "arch.hidden_size=8,16"])
     assert len(table) == 4  # method: bptt,admm × the two sizes given here
-    assert {frozenset(r.split()) for r in table["run"]} == set(
+    assert {frozenset(r.split()) for r in table["setting"]} == set(
         frozenset({h, m}) for h in ("arch.hidden_size=8", "arch.hidden_size=16")
         for m in ("method=bptt", "method=admm"))
     # a command-line sweep of a key the experiment sweeps replaces it, as in Hydra
@@ -55,7 +55,7 @@ def test_plan_expands_the_sweep_and_estimates_each_run(monkeypatch):
     _, _, n_valid, n_test = plan.corpus_facts(cfg.dataset, cfg.data_dir)
     evaluated = n_valid + min(row["train tokens"], 100_000)  # train.train_eval_tokens
     want = row["epochs"] * (row["train tokens"] / 1000.0 + evaluated / 1e6) + n_test / 1e6
-    assert row["hours"] == pytest.approx(want / 3600, rel=1e-12)
+    assert row["per_run_s"] == pytest.approx(want, rel=1e-12)
     assert row["epochs"] == 2 and 0 < row["train tokens"] <= 1_000_000  # demo: 2 epochs, ≤ 1M tokens
 
 

@@ -103,7 +103,10 @@ def test_written_files_and_csv_round_trip(tmp_path):
     out = tmp_path / "out"
     paths = report.write_report(runs, out, "python -m tprop_exp.report X")
     assert sorted(p.name for p in paths) == ["claims.md", "table1_main.csv", "table1_main.md",
-                                             "table1_main_curves.png"]
+                                             "table1_main.tex", "table1_main_curves.png"]
+    tex = (out / "table1_main.tex").read_text()  # LaTeX of every table: one tabular per dataset
+    assert tex.count(r"\begin{tabular}") == 2 and r"\toprule" in tex
+    assert r"102.0 $\pm$ 2.0 (3)" in tex and "K=10" in tex and "sample\\_words" in tex
     csv = pd.read_csv(out / "table1_main.csv")
     cell = csv[(csv["label"] == "BTPROP (n_h=1)") & (csv["mode"] == "batch")].iloc[0]
     assert (cell["valid_mean"], cell["valid_n"], cell["K"]) == (102.0, 2, 10)
@@ -238,7 +241,7 @@ def test_demo_only_gets_generic_table_and_no_claims(tmp_path, capsys):
     make_run(sweep, 52.0, test=53.0, train=42.0, name="demo", train__seed=2)
     out = tmp_path / "out"
     assert report.main([str(sweep), "--out", str(out)]) == 0
-    assert sorted(f.name for f in out.iterdir()) == ["demo.csv", "demo.md", "demo_curves.png"]
+    assert sorted(f.name for f in out.iterdir()) == ["demo.csv", "demo.md", "demo.tex", "demo_curves.png"]
     printed = capsys.readouterr().out
     assert "| 51.0 ± 1.4 (2) " in printed and "| 2 completed " in printed
 
@@ -251,9 +254,10 @@ def test_own_sweep_without_profile_goes_to_results(tmp_path, monkeypatch, capsys
     monkeypatch.chdir(tmp_path)
     assert report.main(["sweeps/small_gru"]) == 0
     assert sorted(f.name for f in (tmp_path / "results").iterdir()) == [
-        "small_gru.csv", "small_gru.md", "small_gru_curves.png"]
+        "small_gru.csv", "small_gru.md", "small_gru.tex", "small_gru_curves.png"]
     assert "- Profile: none" in capsys.readouterr().out
-    assert plots._fmt("config.method.block_size", 10) == "method.block_size=10"  # legend entry
+    assert plots._fmt("config.method.block_size", 10) == "K=10"  # legend entry: a short name
+    assert plots._fmt("config.method.name", "admm") == "admm"
 
 
 def summ(rows, **common):
@@ -405,7 +409,11 @@ def test_curve_and_diagnostic_figures(tmp_path):
     assert sorted(ax.get_title() for ax in panels) == sorted(
         f"{d} · {m} · K=10" for d in ("sample_chars", "sample_words") for m in ("batch", "minibatch"))
     ax = panels[0]
-    assert ax.get_xlabel() == "epoch" and ax.get_ylabel() == "perplexity"
+    assert ax.get_ylabel() == "perplexity (log scale)" and ax.get_yscale() == "log"
+    mode = ax.get_title().split(" · ")[1]  # each panel holds one mode: its x-axis says what an epoch is
+    assert ax.get_xlabel() == {"batch": "epoch (batch mode: one update per epoch)",
+                               "minibatch": "epoch (mini-batch mode: a pass over the data)"}[mode]
+    assert len([t for t in ax.get_yticks() if ax.get_ylim()[0] <= t <= ax.get_ylim()[1]]) >= 3  # labelled ticks
     assert len(ax.get_lines()) == 4  # BPTT and BTPROP, train and valid
     bptt_valid = ax.get_lines()[0]
     assert list(bptt_valid.get_xdata()) == [1, 2, 3]
@@ -415,12 +423,21 @@ def test_curve_and_diagnostic_figures(tmp_path):
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend == ["BPTT", "BTPROP (n_h=1)", "valid", "train"]
     assert "profile: sample · device: cpu (test)" in fig._suptitle.get_text()
+    assert "± 1 standard deviation over seeds" in fig._suptitle.get_text()  # the band, explained
     plt.close(fig)
 
     fig = plots.diagnostics_figure(runs, summary, keys, "t")
     titles = [ax.get_title() for ax in visible(fig)]
-    assert len(titles) == 2 * 5  # datasets x (penalty, residual, dual norm, h-steps, λ)
-    assert "sample_words: dual norm ‖u‖" in titles
+    # datasets x (penalty, residual, dual norm): h-steps and λ are constant here, so not drawn
+    assert len(titles) == 2 * 3
+    assert r"sample_words: dual norm $\|u\|$" in titles and not any("{" in t and "$" not in t for t in titles)
+    plt.close(fig)
+    # a residual at float rounding (1e-16) is no value: its panel goes too
+    for d in runs.loc[runs["method"] == "admm", "run_dir"]:
+        rows = [json.loads(line) for line in (Path(d) / "metrics.jsonl").read_text().splitlines()]
+        (Path(d) / "metrics.jsonl").write_text("".join(json.dumps({**r, "residual": 1e-16}) + "\n" for r in rows))
+    fig = plots.diagnostics_figure(runs, summary, keys, "t")
+    assert not any("residual" in ax.get_title() for ax in visible(fig))
     plt.close(fig)
     # a run without BTPROP columns (today's metrics) draws no diagnostics, and no error
     bptt = runs[runs["method"] == "bptt"]

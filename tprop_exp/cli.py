@@ -17,6 +17,7 @@ a cell with bad input is recorded as `invalid`, a run that crashes as
 import errno
 import math
 import os
+import re
 import signal
 import sys
 import traceback
@@ -116,7 +117,34 @@ def subcommand(name, argv):
     sys.exit(status if isinstance(status, int) else 0)
 
 
+def typed_command():
+    """How this command was typed: the `tprop_exp` script, or `python -m tprop_exp`."""
+    name = Path(sys.argv[0]).name
+    return "python -m tprop_exp" if name in ("__main__.py", "-m", "-c", "") else name
+
+
+# Groups that --help does not list, not chosen by hand: the paper's experiments pick paper/common.
+HIDDEN_GROUPS = ("paper", "schema")  # schema: the built-in methods' keys, a base of conf/method
+
+
+def _hide_groups():
+    """--help's `$APP_CONFIG_GROUPS` lists every group Hydra finds (also in a
+    --config-dir) but those in HIDDEN_GROUPS."""
+    from hydra._internal.hydra import Hydra
+
+    listed = Hydra.format_config_groups
+    if getattr(listed, "hides", False):
+        return
+
+    def format_config_groups(self, predicate, compact=True):
+        return listed(self, lambda g: predicate(g) and g.split("/")[0] not in HIDDEN_GROUPS, compact)
+
+    format_config_groups.hides = True
+    Hydra.format_config_groups = format_config_groups
+
+
 def cli():
+    os.environ.setdefault("TPROP_EXP_COMMAND", typed_command())  # result.json's `command`
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # __main__'s start-up handler is for training
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -124,6 +152,9 @@ def cli():
     checks.stop_at_startup()  # a signal before the trainer's handler: one line, no half-made folder
     # Let Hydra's errors reach us, so that they become one line and status 2.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    if not sys.stderr.isatty():  # no colour codes in a pipe or a file (Optuna's lines; colorlog reads this)
+        os.environ.setdefault("NO_COLOR", "1")
+    _hide_groups()
     try:
         checks.check_flags(sys.argv[1:])
         main()
@@ -131,9 +162,13 @@ def cli():
         checks.stopped(e)
     except (UserError, HydraException, OmegaConfBaseException) as e:
         line = checks.describe(e)
-        if any(line.startswith(f"unknown key {g} ") for g in checks.NULL_GROUPS):  # `row.x=1`, row null
+        if any(re.match(rf"unknown key {g}[ ;]", line) for g in checks.NULL_GROUPS):  # `row.x=1`, row null
             line = checks.null_group_key(sys.argv[1:]) or line
         checks.refuse(UserError(line))
+    except ValueError as e:  # Hydra's check of its flags, e.g. --cfg job with -m
+        if not str(e).startswith("Only one of"):
+            raise
+        checks.refuse(UserError("--cfg job prints one run's config: give one run's overrides, without -m"))
     except AssertionError as e:  # OmegaConf's, for `group.key=value` on a null group
         line = checks.null_group_key(sys.argv[1:])
         if line is None:

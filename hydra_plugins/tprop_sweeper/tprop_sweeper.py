@@ -8,6 +8,9 @@ in keys that do not change what a run computes, such as train.threads) share
 one run folder: the first runs, the others are left out and counted, so two
 processes never race for one folder. At the end one line counts the
 outcomes, and the command exits with status 1 when any run did not complete.
+
+`TpropOptunaSweeper` is Hydra's Optuna sweeper (the optuna extra) with the
+same closing line and exit status; conf/hparams_search names it.
 """
 import json
 import sys
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
+from hydra.plugins.sweeper import Sweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from omegaconf import OmegaConf
@@ -45,6 +49,46 @@ def job_status(job):
         return json.loads(path.read_text()).get("status", "failed")
     except Exception:
         return "failed"
+
+
+def summarise(counts, extra=None):
+    """The sweep's closing line; status 1 when any run did not complete.
+    `extra`: cells left out as duplicates or in use elsewhere, said when any."""
+    extra = extra or {"in use": 0, "duplicate": 0}
+    notes = [f"{extra['duplicate']} duplicate cell(s), the same run as another cell, run once" * bool(extra["duplicate"]),
+             f"{extra['in use']} not run: in use by another process" * bool(extra["in use"])]
+    print("sweep: " + " / ".join(f"{n} {s}" for s, n in counts.items())
+          + "".join(f"; {n}" for n in notes if n), flush=True)
+    if sum(counts.values()) + extra["in use"] != counts["completed"]:
+        sys.exit(1)
+
+
+class TpropOptunaSweeper(Sweeper):
+    """Optuna's sweeper, counting the outcomes of the trials it launches."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper  # the optuna extra
+        self.inner = OptunaSweeper(**kwargs)
+        self.counts = dict.fromkeys(STATUSES, 0)
+
+    def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
+        self.inner.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        impl = self.inner.sweeper
+        launch = impl.launcher.launch
+
+        def counted(job_overrides: Any, initial_job_idx: int) -> Any:
+            results = launch(job_overrides, initial_job_idx=initial_job_idx)
+            for r in results:
+                status = job_status(r)
+                self.counts[status if status in self.counts else "failed"] += 1
+            return results
+
+        impl.launcher.launch = counted
+
+    def sweep(self, arguments: List[str]) -> Any:
+        out = self.inner.sweep(arguments)
+        summarise(self.counts)
+        return out
 
 
 class TpropSweeper(BasicSweeper):
@@ -87,10 +131,5 @@ class TpropSweeper(BasicSweeper):
                         extra[status] += 1
                     else:
                         counts[status if status in counts else "failed"] += 1
-        notes = [f"{extra['duplicate']} duplicate cell(s), the same run as another cell, run once" * bool(extra["duplicate"]),
-                 f"{extra['in use']} not run: in use by another process" * bool(extra["in use"])]
-        print("sweep: " + " / ".join(f"{n} {s}" for s, n in counts.items())
-              + "".join(f"; {n}" for n in notes if n), flush=True)
-        if sum(counts.values()) + extra["in use"] != counts["completed"]:
-            sys.exit(1)
+        summarise(counts, extra)
         return returns

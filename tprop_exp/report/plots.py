@@ -4,7 +4,10 @@ diagnostics, perplexity against hidden size and against mini-batch size.
 Each `*_figure` function returns a matplotlib Figure (or None when there is
 nothing to draw); `save` writes it atomically as a world-readable PNG.
 Curves are means over the seeds of a cell's completed runs, with a band of
-± one standard deviation where there are two or more seeds.
+± one standard deviation over seeds where there are two or more (the
+figure says so). Perplexity axes are always on a log scale, and say so; a
+diagnostics panel that shows nothing (a constant, or values at rounding
+noise) is left out.
 """
 
 import math
@@ -15,23 +18,52 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import LogFormatter, MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 from tprop_exp.run.records import atomic_write  # noqa: E402
 
 from .runs import NUMERIC, load_history, unique  # noqa: E402
 
 # BTPROP's own per-epoch terms (metrics.jsonl), with axis labels; log scale for the norms.
-DIAGNOSTICS = [("penalty", "penalty term", True), ("residual", "residual ‖F_b − H_{b+1}‖", True),
-               ("dual_norm", "dual norm ‖u‖", True), ("h_steps", "h-steps taken per update", False),
-               ("lam", "λ", False)]
+DIAGNOSTICS = [("penalty", "penalty term", True), ("residual", r"residual $\|F_b - H_{b+1}\|$", True),
+               ("dual_norm", r"dual norm $\|u\|$", True), ("h_steps", "h-steps taken per update", False),
+               ("lam", r"penalty weight $\lambda$", False)]
 MAX_COLS = 4
+NOISE = 1e-12  # diagnostics at or below this are float rounding, not a value
+BAND = "lines: mean over seeds; bands and error bars: ± 1 standard deviation over seeds (where n ≥ 2)"
 
 
-def _log_y(ax):
+def _log_y(ax, values):
+    """A log y-axis with at least a few labelled ticks, whatever its span."""
     ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(LogFormatter())  # plain 400, not 4×10²
-    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    lo, hi = float(values.min()), float(values.max())
+    span = hi / lo if lo > 0 else math.inf
+    if span < 10:  # less than a decade: evenly spaced round numbers
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    elif span < 1e4:  # 1, 2, 5 per decade
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _shows_something(values):
+    """False for a constant, or values that are all float rounding noise."""
+    v = values.dropna()
+    v = v.where(v.abs() > NOISE, 0.0)
+    if v.empty:
+        return False
+    return bool(v.max() - v.min() > 1e-9 * max(abs(v.max()), abs(v.min())))
+
+
+def _xlabel(modes):
+    """What one epoch is, where the panel's runs share a mode."""
+    modes = set(modes.dropna()) if modes is not None else set()
+    if modes == {"batch"}:
+        return "epoch (batch mode: one update per epoch)"
+    if modes == {"minibatch"}:
+        return "epoch (mini-batch mode: a pass over the data)"
+    return "epoch"
 
 
 def save(fig, path):
@@ -54,9 +86,17 @@ def _key(df, keys):
     return [tuple(norm(k, v) for k, v in zip(keys, row)) for row in df[keys].itertuples(index=False)]
 
 
+# Short names of the config keys that vary in a user's sweep ("" : the value alone).
+SHORT = {"method.name": "", "method.mode": "", "arch.cell": "", "dataset.name": "",
+         "method.block_size": "K", "arch.hidden_size": "hidden", "train.batch_size": "B",
+         "method.h_steps": "h-steps", "arch.num_layers": "layers"}
+
+
 def _fmt(k, v):
-    if k.startswith("config."):  # a key that varies in a user's sweep: name it
-        return f"{k.removeprefix('config.')}={v}"
+    if k.startswith("config."):  # a key that varies in a user's sweep: a short name
+        key = k.removeprefix("config.")
+        short = SHORT.get(key, key.split(".")[-1])
+        return f"{short}={v}" if short else str(v)
     if k in ("K", "hidden", "batch_size"):
         return f"{ {'batch_size': 'B'}.get(k, k)}={int(v)}"
     return str(v)
@@ -82,7 +122,7 @@ def history_by_cell(runs, summary, keys):
     cells = summary.assign(_k=_key(summary, keys), _order=range(len(summary)))
     cells["_line"] = cells.apply(line_name, axis=1)
     cells["_panel"] = cells.apply(lambda r: tuple(r[k] for k in panels), axis=1)
-    ok = ok.assign(_k=_key(ok, keys))[["run_dir", "_k"]]
+    ok = ok.assign(_k=_key(ok, keys), _mode=ok["mode"] if "mode" in ok else None)[["run_dir", "_k", "_mode"]]
     return hist.merge(ok, on="run_dir").merge(cells[["_k", "_line", "_panel", "_order"]], on="_k")
 
 
@@ -112,6 +152,8 @@ def _epoch_axis(ax, epochs):
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if epochs.nunique() == 1:
         ax.set_xlim(epochs.iloc[0] - 1, epochs.iloc[0] + 1)
+    else:  # every epoch of the panel, also where a line starts late (duals from u_start_epoch)
+        ax.set_xlim(epochs.min() - 0.2, epochs.max() + 0.2)
 
 
 def _title(panel, keys):
@@ -136,11 +178,17 @@ def _band(ax, g, column, log=False, **style):
 
 
 def _styles(lines):
-    """A colour and a marker per line, so that lines drawn on top of each other stay visible."""
-    cmap = plt.get_cmap("tab10" if len(lines) <= 10 else "tab20")
-    markers = "os^Dv<>p"
-    return {name: dict(color=cmap(i % cmap.N), marker=markers[i % len(markers)])
-            for i, name in enumerate(lines)}
+    """A colour and a marker per line, so that lines drawn on top of each other
+    stay visible: ten distinct colours (no pale pairs); past ten, the marker
+    and a darker shade tell lines apart."""
+    cmap = plt.get_cmap("tab10")
+    markers = "os^Dv<>pXh"
+    out = {}
+    for i, name in enumerate(lines):
+        r, g, b, _ = cmap(i % 10)
+        shade = 0.6 if (i // 10) % 2 else 1.0
+        out[name] = dict(color=(r * shade, g * shade, b * shade), marker=markers[(i + i // 10) % len(markers)])
+    return out
 
 
 def _handles(styles):
@@ -148,12 +196,17 @@ def _handles(styles):
 
 
 def _finish(fig, title, runs, handles):
-    fig.suptitle(f"{title}\n{note(runs)}", fontsize=11)
+    fig.suptitle(f"{_plain(title)}\n{note(runs)}\n{BAND}", fontsize=10)
     # as many legend columns as the figure's width holds (about 1.9 inches each)
     ncol = max(1, min(4, len(handles), int(fig.get_figwidth() / 1.9)))
     fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=8,
                frameon=False)
     return fig
+
+
+def _plain(title):
+    """No markdown in a figure's title: `demo` → demo."""
+    return title.replace("`", "")
 
 
 def curves_figure(runs, summary, keys, title):
@@ -168,15 +221,17 @@ def curves_figure(runs, summary, keys, title):
     fig, axes = _grid(list(dict.fromkeys(h["_panel"])))
     for panel, ax in axes.items():
         ax.set_visible(True)
-        top = h.loc[h["_panel"] == panel, [c for c in ("train_ppl", "valid_ppl") if c in h]]
-        log = bool(top.min().min() > 0 and top.max().max() / top.min().min() > 3)
-        for name, g in h[h["_panel"] == panel].groupby("_line", sort=False):
+        here = h[h["_panel"] == panel]
+        top = here[[c for c in ("train_ppl", "valid_ppl") if c in h]].stack()
+        top = top[top > 0]
+        for name, g in here.groupby("_line", sort=False):
             for col, ls in (("valid_ppl", "-"), ("train_ppl", "--")):
                 if col in g:
-                    _band(ax, g, col, log, linestyle=ls, **styles[name])
-        if log:
-            _log_y(ax)
-        ax.set(title=_title(panel, panel_keys), xlabel="epoch", ylabel="perplexity")
+                    _band(ax, g, col, True, linestyle=ls, **styles[name])
+        if not top.empty:  # perplexity on a log scale in every panel
+            _log_y(ax, top)
+        ax.set(title=_title(panel, panel_keys), xlabel=_xlabel(here["_mode"]),
+               ylabel="perplexity (log scale)")
         _epoch_axis(ax, h.loc[h["_panel"] == panel, "epoch"])
         ax.grid(alpha=0.3)
     handles = _handles(styles)
@@ -192,7 +247,7 @@ def diagnostics_figure(runs, summary, keys, title):
     h = history_by_cell(runs, summary, keys)
     if h.empty:
         return None
-    present = [d for d in DIAGNOSTICS if d[0] in h and h[d[0]].notna().any()]
+    present = [d for d in DIAGNOSTICS if d[0] in h and _shows_something(h[d[0]])]
     if not present:
         return None
     panel_keys, _ = _panels_and_lines(summary, keys)
@@ -208,14 +263,18 @@ def diagnostics_figure(runs, summary, keys, title):
     for row, d in zip(axes, datasets):
         for ax, (col, label, log) in zip(row, present):
             g = h[h["_dataset"] == d]
+            g = g.assign(**{col: g[col].where(g[col].abs() > NOISE, 0.0)})  # rounding noise is zero
             values = g[col].dropna()
-            # log only where the values span a decade or more: 3.8×10⁰ ticks read badly
+            # log only where the values span a decade or more; the label says which
             log_here = bool(log and len(values) and (values > 0).all() and values.max() >= 10 * values.min())
             for name, line in g.groupby("_line", sort=False):
                 _band(ax, line, col, log_here, **styles[name])
             if log_here:
-                ax.set_yscale("log")  # norms span decades: keep the 10^k labels
-            ax.set(title=f"{d}: {label}", xlabel="epoch", ylabel=label)
+                _log_y(ax, values)
+            elif len(values) and (values >= 0).all():
+                ax.set_ylim(bottom=0)  # a linear count or weight from zero: small changes stay small
+            ax.set(title=f"{d}: {label}", xlabel=_xlabel(g["_mode"]),
+                   ylabel=label + (" (log scale)" if log_here else ""))
             _epoch_axis(ax, g["epoch"])
             ax.grid(alpha=0.3)
     return _finish(fig, title, runs, _handles(styles))
@@ -232,8 +291,8 @@ def hidden_figure(summary, runs, title):
             line = line.sort_values("hidden")
             ax.errorbar(line["hidden"].astype(float), line["valid_mean"], yerr=line["valid_std"].fillna(0),
                         marker="o", capsize=3, label=label)
-        log2_panel(ax, g["hidden"], title=d, xlabel="hidden size", ylabel="validation perplexity")
-    fig.suptitle(f"{title}\n{note(runs)}", fontsize=11)
+        log2_panel(ax, g["hidden"], title=d, xlabel="hidden size (log scale)", ylabel="validation perplexity")
+    fig.suptitle(f"{_plain(title)}\n{note(runs)}\n{BAND}", fontsize=10)
     return fig
 
 
@@ -259,7 +318,7 @@ def minibatch_figure(summary, runs, title):
             ax.errorbar(ok["batch_size"].astype(float), ok[f"{metric}_mean"],
                         yerr=ok[f"{metric}_std"].fillna(0), marker=marker, capsize=3,
                         label=f"{metric} perplexity")
-        log2_panel(ax, g["batch_size"], title=d, xlabel="mini-batch size B (parallel streams)",
+        log2_panel(ax, g["batch_size"], title=d, xlabel="mini-batch size B (parallel streams, log scale)",
                    ylabel="perplexity")
-    fig.suptitle(f"{title}\n{note(runs)}", fontsize=11)
+    fig.suptitle(f"{_plain(title)}\n{note(runs)}\n{BAND}", fontsize=10)
     return fig

@@ -162,3 +162,25 @@ def to_markdown(t):
     levels = t.columns.names
     t.columns = [" ".join(name(lv, v) for lv, v in zip(levels, c)) for c in cols]
     return t.to_markdown(disable_numparse=True, index=bool(t.index.name))
+
+
+def to_latex(tables, caption=""):
+    """LaTeX of an experiment's tables (pandas' to_latex, booktabs rules), one
+    tabular per heading, for a paper: `\\input{<name>.tex}`. Needs jinja2."""
+    parts = []
+    for heading, t in tables.items():
+        t = t.copy()
+        if isinstance(t.columns, pd.MultiIndex):
+            t.columns = t.columns.set_levels([[_level(n, v) for v in lv] for n, lv in
+                                              zip(t.columns.names, t.columns.levels)])
+        label = (f"{caption}: {heading}" if heading else caption).replace("`", "")
+        index = bool(t.index.name)
+        text = t.to_latex(escape=True, caption=label.replace("_", r"\_") or None, index=index,
+                          column_format="l" * (t.index.nlevels * index) + "r" * len(t.columns),
+                          multicolumn_format="c")
+        parts.append(text.replace("±", r"$\pm$").replace("–", "--"))
+    return "\n".join(parts)
+
+
+def _level(level, v):
+    return f"K={v}" if level == "K" else f"hidden={v}" if level == "hidden" else str(v)

@@ -19,6 +19,7 @@ writes, atomically and world-readable:
                         n_diverged, n_failed, seeds.  `pd.read_csv` it and
                         pivot as you like.
     OUTDIR/<name>.md    title, what the table shows, provenance, the table(s)
+    OUTDIR/<name>.tex   the same table(s) in LaTeX (booktabs), for a paper
     OUTDIR/<name>_curves.png   train and valid perplexity against epoch, per cell
                         (mean over seeds ± std), one panel per dataset and
                         mode/K/hidden as the layout has them
@@ -54,7 +55,7 @@ from tprop_exp.run.records import write_text_atomic
 from .claims import CLAIM_TABLES, claims_markdown, evaluate_claims
 from .plots import curves_figure, diagnostics_figure, hidden_figure, minibatch_figure, save
 from .runs import load_runs, pooled_keys, unique, varying_keys
-from .tables import KEYS, cell_keys, make_table, select, summarise, to_markdown
+from .tables import KEYS, cell_keys, make_table, select, summarise, to_latex, to_markdown
 
 ABOUT = {
     "table1_main": (
@@ -196,9 +197,13 @@ def write_report(runs, outdir, command, echo=False):
             used, layout, note = exp, "generic", f"no run fits the {name} layout; shown plainly."
         summary = summarise(used, layout)
         figures = write_figures(name, layout, used, summary, outdir)
-        md = table_markdown(name, exp, used, layout, make_table(summary, layout), command, note, figures)
+        tables = make_table(summary, layout)
+        md = table_markdown(name, exp, used, layout, tables, command, note, figures)
         written += [write_text_atomic(outdir / f"{name}.csv", summary.to_csv(index=False)),
-                    write_text_atomic(outdir / f"{name}.md", md)] + [outdir / f for f in figures]
+                    write_text_atomic(outdir / f"{name}.md", md),
+                    write_text_atomic(outdir / f"{name}.tex", to_latex(tables, ABOUT.get(name, GENERIC)[0]
+                                                                        .format(name=name)))] \
+            + [outdir / f for f in figures]
         if echo:
             print(md)
     summaries = load_summaries(outdir)

@@ -78,7 +78,7 @@ def describe(e: BaseException) -> str:
         if isinstance(c, oe.ConfigTypeError) and key and "does not support deletion" in msg:
             return f"~{key}: a key of the schema cannot be removed; set it instead ({key}=VALUE)"
         if isinstance(c, (oe.ConfigKeyError, oe.ConfigAttributeError)) and key:
-            return f"unknown key {key} (see tprop_exp/schema.py for the keys)"
+            return schema.unknown_key(key)
         if isinstance(c, oe.ValidationError) and key:
             m = re.search(r"Value '(.*?)' (?:of type '\w+' )?could not be converted to (\w+)", msg)
             if m:
@@ -320,5 +320,5 @@ def record_invalid(sweep_dir: str | Path, cell: Sequence[str], error: str) -> No
     run_dir.mkdir(parents=True, exist_ok=True)
     records.write_json(run_dir / "result.json", {
         "status": "invalid", "error": error, **dict.fromkeys(records.RESULT_FIELDS),
-        "overrides": list(cell), "command": " ".join(["python -m tprop_exp", *cell])})
+        "overrides": list(cell), "command": records.command(cell)})
     print(f"{run_dir}: invalid: {error}", file=sys.stderr, flush=True)

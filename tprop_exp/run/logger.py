@@ -54,22 +54,32 @@ def run_label() -> str:
         hc = HydraConfig.get()
     except (ImportError, ValueError):
         return "-"
-    name = Path(hc.runtime.output_dir).name
-    if len(name) > 32:
-        name = f"{name[:15]}…{name[-15:]}"
+    name = short_name(Path(hc.runtime.output_dir).name)
     return f"{hc.job.num}:{name}" if hc.mode == RunMode.MULTIRUN else name
 
 
+def short_name(name: str) -> str:
+    """A run folder's name with its identity hash cut to 6 characters; the
+    settings before it (method, K, h-steps, cell and size, dataset) stay whole."""
+    prefix, _, digest = name.rpartition("-")
+    if prefix and len(digest) == 10 and all(c in "0123456789abcdef" for c in digest):
+        return f"{prefix}-{digest[:6]}"
+    return name
+
+
 def number(v: Any) -> str:
-    """Readable numbers: 39,390 rather than 3.939e+04."""
+    """Readable numbers: 39,390 rather than 3.939e+04; four significant
+    digits, trailing zeros kept (7.000, not 7, for 6.99996)."""
     if isinstance(v, bool) or not isinstance(v, float):
         return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
     if not math.isfinite(v):
         return str(v)
     if abs(v) >= 1000:
         return f"{v:,.0f}"
-    if v == 0 or abs(v) >= 1e-3:
-        return f"{v:.4g}"
+    if v == 0:
+        return "0"
+    if abs(v) >= 1e-3:
+        return f"{v:#.4g}".rstrip(".")
     return f"{v:.2e}"
 
 
@@ -78,14 +88,24 @@ def fields(row: dict) -> str:
 
 
 class Progress:
-    """One epoch's updates: call `update(pos)` after each (pos from the core)."""
+    """One epoch's updates: call `update(pos)` after each (pos from the core).
+
+    `total` is the epoch's number of updates, known from the data layout
+    before it starts (trainer.updates_per_epoch), so the bar shows a
+    percentage and an ETA from the first epoch on. On a terminal the loss
+    after the bar is read every `BAR_S` seconds; off one, a line every
+    `interval_s`. Between those reads no update waits on the device.
+    """
+
+    BAR_S = 1.0
 
     def __init__(self, epoch: int, start: int, total: Optional[int], block_size: int, batch_size: int,
-                 interval_s: float, metrics: NoLogger, step0: int) -> None:
-        self.epoch, self.update_n, self.B = epoch, start, batch_size
+                 interval_s: float, metrics: NoLogger, step0: int, loss_name: str = "train NLL") -> None:
+        self.epoch, self.update_n, self.total, self.B = epoch, start, total, batch_size
         self.tpu = block_size * batch_size  # tokens per update, BPTT and BTPROP alike
-        self.interval, self.metrics, self.step0 = interval_s, metrics, step0
-        self.t_last, self.n_last = time.monotonic(), start
+        self.interval, self.metrics, self.step0, self.loss_name = interval_s, metrics, step0, loss_name
+        self.t_last = self.t_bar = time.monotonic()
+        self.n_last = start
         self.bar = None
         if sys.stderr.isatty():
             self.bar = tqdm(total=total, initial=start, desc=f"epoch {epoch}", leave=False,
@@ -93,19 +113,21 @@ class Progress:
 
     def update(self, pos: dict) -> None:
         self.update_n = pos["update"]
+        now = time.monotonic()
         if self.bar is not None:
             self.bar.update(self.update_n - self.bar.n)
-        now = time.monotonic()
+            if now - self.t_bar >= min(self.BAR_S, self.interval):
+                self.t_bar = now
+                self.bar.set_postfix_str(f"{self.loss_name} {running_loss(pos, self.B):.4f} nats", refresh=False)
         if now - self.t_last < self.interval:
             return  # no host sync between intervals
         loss = running_loss(pos, self.B)
         rate = (self.update_n - self.n_last) * self.tpu / (now - self.t_last)
         self.t_last, self.n_last = now, self.update_n
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"loss {loss:.4f}  tokens/s {rate:,.0f}")
-        else:
-            log.info("epoch %d  update %s  loss %.4f  tokens/s %s", self.epoch,
-                     f"{self.update_n:,}", loss, f"{rate:,.0f}")
+        if self.bar is None:
+            of = f" of {self.total:,}" if self.total else ""
+            log.info("epoch %d  update %s%s  %s %.4f nats  tokens/s %s", self.epoch,
+                     f"{self.update_n:,}", of, self.loss_name, loss, f"{rate:,.0f}")
         # step: training tokens so far, counted across epochs (epoch/* scalars use the epoch)
         self.metrics.log({"loss": loss, "tokens_per_s": rate}, self.step0 + self.update_n * self.tpu, "train")
 
@@ -127,6 +149,9 @@ def running_loss(pos: dict, batch_size: int) -> float:
 class NoLogger:
     def log(self, scalars: dict, step: int, prefix: str) -> None:
         pass
+
+    def final(self, config: dict, result: dict) -> None:
+        """At a run's end: its resolved config and result.json's metrics."""
 
     def close(self) -> None:
         pass
@@ -162,6 +187,14 @@ class TensorBoardLogger(NoLogger):
     def log(self, scalars: dict, step: int, prefix: str) -> None:
         for k, v in scalars.items():
             self.w.add_scalar(f"{prefix}/{k}", v, step)
+
+    def final(self, config: dict, result: dict) -> None:
+        """The run's keys and final metrics in TensorBoard's HParams tab (one
+        row per run, so runs of a sweep compare side by side)."""
+        hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                   for k, v in flat(config).items() if v is not None}
+        metrics = {f"hparam/{k}": math.nan if v is None else float(v) for k, v in result.items()}
+        self.w.add_hparams(hparams, metrics, run_name=".")
 
     def close(self) -> None:
         self.w.close()

@@ -279,6 +279,29 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
+def command(overrides: Sequence[str]) -> str:
+    """This run's command as it was typed: `tprop_exp ...` or `python -m tprop_exp ...`
+    (the cli names it in TPROP_EXP_COMMAND, which the workers of a launcher inherit)."""
+    return " ".join([os.environ.get("TPROP_EXP_COMMAND", "python -m tprop_exp"), *overrides])
+
+
+# The installed packages whose versions a run records (tprop_exp's dependencies, and the extras' loggers).
+PACKAGES = ("numpy", "omegaconf", "hydra-joblib-launcher", "pandas", "matplotlib", "filelock", "tqdm",
+            "hydra-optuna-sweeper", "optuna", "hydra-submitit-launcher", "tensorboard", "wandb", "mlflow")
+
+
+def package_versions() -> dict:
+    """{name: version} of the PACKAGES that are installed."""
+    from importlib import metadata
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
 def provenance(device: torch.device, overrides: Sequence[str]) -> dict:
     """Where a run's numbers come from: code, software versions, machine, command."""
     import torch
@@ -290,8 +313,10 @@ def provenance(device: torch.device, overrides: Sequence[str]) -> dict:
         "cuda": torch.version.cuda,  # None for a CPU-only torch
         "cudnn": torch.backends.cudnn.version(),  # None without cuDNN
         "hydra": hydra.__version__,
+        "packages": package_versions(),
+        "host": platform.node(),
         "device": device_name(device),
-        "command": " ".join(["python -m tprop_exp", *overrides]),  # this run alone, also in a sweep
+        "command": command(overrides),  # this run alone, also in a sweep
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 

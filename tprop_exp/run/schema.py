@@ -66,6 +66,7 @@ class TrainConf:
     ckpt_interval_s: float = volatile(600.0)
     log_interval_s: float = volatile(30.0)
     compile: bool = volatile(False)  # torch.compile: speed only, never the result
+    deterministic: bool = added(False)  # torch's deterministic algorithms; seeds every RNG in use
 
 
 @dataclass
@@ -172,11 +173,34 @@ def unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
     return out
 
 
+def known_keys(schema: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema; method.* from every registered method."""
+    out = []
+    for f in fields(schema):
+        sub = f.default_factory if f.default_factory is not None else None
+        if f.name == "method" and schema is Config:
+            for kind in [BTPropConf, *(m.schema for m in list(registry.METHODS.values()))]:
+                out += [k for k in known_keys(kind, "method.") if k not in out]
+        elif is_dataclass(sub):
+            out += known_keys(sub, f"{prefix}{f.name}.")
+        else:
+            out.append(prefix + f.name)
+    return out
+
+
+def unknown_key(key: str) -> str:
+    """One line for an unknown key, with the nearest known ones."""
+    import difflib
+    near = difflib.get_close_matches(str(key), known_keys(), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(near)}?" if near else " (tprop_exp --help lists the groups and keys)"
+    return f"unknown key {key}{hint}"
+
+
 def validate(cfg: DictConfig) -> None:
     """Range, choice and per-method checks of a composed config (UserError, one line)."""
     extra = unknown_keys(cfg)
     if extra:
-        raise UserError(f"unknown key {extra[0]} (see tprop_exp/schema.py for the keys)")
+        raise UserError(unknown_key(extra[0]))
     t, a, m, d = cfg.train, cfg.arch, cfg.method, cfg.dataset
 
     def positive(key: str, value: Optional[float], optional: bool = False) -> None:

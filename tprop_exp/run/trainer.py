@@ -62,12 +62,35 @@ def pick_device(name: str, job_num: int = 0) -> torch.device:
         raise UserError(f"train.device must be auto, cpu or cuda[:N], got {name!r}")
 
 
+def plateau(opt: torch.optim.Optimizer, decay: float) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """train.lr_decay: lr ← lr·decay after each epoch whose validation NLL is
+    not below the best so far. Any improvement counts (threshold 0), as in
+    the authors' script and pytorch/examples, not torch's default 0.01%."""
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=decay, patience=0, threshold=0.0)
+
+
 def objective(result: dict) -> float:
     """What a sweeper minimises: the best validation perplexity; inf when
     the run did not complete or has none."""
     if result.get("status") != "completed" or result.get("best_valid_ppl") is None:
         return math.inf
     return float(result["best_valid_ppl"])
+
+
+def updates_per_epoch(cfg: DictConfig, method: registry.Method, n_tokens: int, world: int = 1) -> Optional[int]:
+    """How many times the core calls on_update in one epoch of this process
+    (the lead's, in a distributed run), from the data layout alone: BPTT's
+    windows of the batchified stream (data.corpora.windows), BTPROP's
+    mini-batches of blocks. None when the layout is the method's own."""
+    K, B = cfg.method.block_size, cfg.train.batch_size
+    if method.shares == "streams":  # each process has T rows of its own streams
+        return max((n_tokens // B - 1) // K, 0)
+    if method.shares == "blocks":
+        if cfg.method.mode == "batch":
+            return None  # one update over every block, with no progress calls inside it
+        n, b = (n_tokens // world, B // world) if world > 1 else (n_tokens, B)
+        return -(-((n - 1) // K) // b)
+    return None
 
 
 class Interrupted(Exception):
@@ -86,14 +109,15 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: Sequence[str] = (), job
         log.info("%s: already %s; nothing to do", run_dir, done["status"])
         return done
     device = pick_device(cfg.train.device, job_num)
-    if distributed.environment()[0] != 0:  # the lead process holds the folder for them all
-        return run_locked(cfg, run_dir, config, device, overrides)
-    lock = records.lock_run(run_dir)
-    try:
-        records.remove_partial(run_dir)
-        return run_locked(cfg, run_dir, config, device, overrides)
-    finally:
-        lock.release()
+    with deterministic(bool(cfg.train.get("deterministic", False))):
+        if distributed.environment()[0] != 0:  # the lead process holds the folder for them all
+            return run_locked(cfg, run_dir, config, device, overrides)
+        lock = records.lock_run(run_dir)
+        try:
+            records.remove_partial(run_dir)
+            return run_locked(cfg, run_dir, config, device, overrides)
+        finally:
+            lock.release()
 
 
 def run_locked(cfg: DictConfig, run_dir: Path, config: dict, device: torch.device,
@@ -112,7 +136,7 @@ def run_locked(cfg: DictConfig, run_dir: Path, config: dict, device: torch.devic
     corpus.train, corpus.valid, corpus.test = (t.to(device) for t in (corpus.train, corpus.valid, corpus.test))
     btprop.compile_terms(bool(cfg.train.get("compile", False)))
     machine.memory(cfg, len(corpus.vocab), len(corpus.train), device)  # before the model is built: refused, not swapped to death
-    torch.manual_seed(cfg.train.seed)
+    seed_everything(cfg.train.seed)
     dtype = getattr(torch, cfg.train.dtype)
     model = build_model(cfg.arch, len(corpus.vocab)).to(device=device, dtype=dtype)
     model.amp_dtype = PRECISIONS[cfg.train.precision]  # autocast; weights stay in `dtype`
@@ -121,8 +145,7 @@ def run_locked(cfg: DictConfig, run_dir: Path, config: dict, device: torch.devic
     theta = optim.build(model, cfg)
     if comm is not None:
         theta = distributed.SharedTheta(theta, comm)
-    # Shrink the learning rate when validation stops improving (patience 0).
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(theta.opt, factor=cfg.train.lr_decay, patience=0)
+    sched = plateau(theta.opt, cfg.train.lr_decay)
     prov = records.provenance(device, overrides)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("run %s: method %s (%s), %s %s, %s parameters, on %s; tokens: train %s, valid %s, test %s, vocab %s",
@@ -136,6 +159,8 @@ def run_locked(cfg: DictConfig, run_dir: Path, config: dict, device: torch.devic
     try:
         with stop_on_signals(t), logging_redirect_tqdm():  # log lines above the bar
             status, error = t.fit()
+        result = t.result(status, prov)
+        metrics.final(config, {k: result[k] for k in records.RESULT_FIELDS})
     except Interrupted as e:
         where = f"epoch {t.epoch + 1}" + (f", update {t.pos['update']:,}" if t.pos else "")
         notice = f"{run_dir}: stopped by {e} in {where}; checkpoint saved, the run resumes when started again"
@@ -144,7 +169,6 @@ def run_locked(cfg: DictConfig, run_dir: Path, config: dict, device: torch.devic
         raise SystemExit(128 + e.signum)
     finally:
         metrics.close()
-    result = t.result(status, prov)
     if error:
         result["error"] = error
     if not t.lead:
@@ -157,8 +181,43 @@ def run_locked(cfg: DictConfig, run_dir: Path, config: dict, device: torch.devic
         records.drop_checkpoint(run_dir)
     log.info("run %s: %s after %s (%s of training); best valid ppl %s, test ppl %s; records in %s",
              run_dir.name, status, f"{t.epoch} epoch" + "s" * (t.epoch != 1), f"{t.wall:,.1f}s",
-             logger.number(result["best_valid_ppl"]), logger.number(result["test_ppl"]), run_dir)
+             logger.number(result["best_valid_ppl"]),
+             logger.number(result["test_ppl"]) if result["test_ppl"] is not None else f"not evaluated ({status})",
+             run_dir)
     return result
+
+
+def seed_everything(seed: int) -> None:
+    """The RNGs a run may draw from: torch's (CPU and every GPU), Python's, NumPy's."""
+    import random
+
+    import numpy as np
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+@contextmanager
+def deterministic(on: bool) -> Iterator[None]:
+    """train.deterministic: torch's deterministic algorithms (an error for an
+    operation that has none), cuDNN without autotuning, and cuBLAS's fixed
+    workspace; restored afterwards, since a sweep's runs may share a process."""
+    if not on:
+        yield
+        return
+    import os
+    old = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+           torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = old[1], old[2]
+        if old[3] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
 @contextmanager
@@ -192,14 +251,19 @@ class Trainer:
         self.corpus, self.run_dir, self.config = corpus, run_dir, config
         self.metrics = metrics or logger.NoLogger()
         self.status, self.stop = None, None  # status: set once the run has ended (diverged)
-        self.updates_per_epoch, self.progress = None, None
         method = registry.method(cfg.method.name, cfg.method.get("_target_"))  # train_epoch, end_epoch
+        self.progress = None  # the progress line names BPTT's running NLL, or BTPROP's CE given the free H
+        self.loss_name = "train CE given H" if method.shares == "blocks" else "train NLL"
+        self.updates_per_epoch = updates_per_epoch(cfg, method, len(corpus.train), comm.world if comm else 1)
         self.core = method if comm is None else distributed.Core(comm, method)
         self.comm, self.lead = comm, comm is None or comm.rank == 0  # the lead process writes records
         self.epoch, self.history, self.best, self.bad_epochs = 0, [], math.inf, 0
         self.best_state, self.state, self.pos = None, {}, None  # state: the core's, across epochs
         self.wall = 0.0
         self.last_save = time.monotonic()
+        # read once: on_update runs at every update, and a DictConfig lookup costs microseconds
+        self.minibatch = cfg.method.mode == "minibatch"
+        self.ckpt_interval_s = float(cfg.train.ckpt_interval_s)
 
     def checkpoint(self, pos: Optional[dict] = None) -> None:
         save = records.save_checkpoint if self.comm is None else functools.partial(records.save_shared_checkpoint, self.comm)
@@ -237,12 +301,12 @@ class Trainer:
 
     def on_update(self, pos: dict) -> None:
         self.progress.update(pos)
-        if self.cfg.method.mode != "minibatch":
+        if not self.minibatch:
             if self.stop is not None:
                 raise Interrupted(self.stop)  # the epoch's start is checkpointed
             return
         stop = self.stop is not None
-        due = stop or time.monotonic() - self.last_save > self.cfg.train.ckpt_interval_s
+        due = stop or time.monotonic() - self.last_save > self.ckpt_interval_s
         if self.comm is not None:  # every process takes part in a checkpoint, and stops together
             due, stop = self.comm.decide(due), self.comm.decide(stop)
         if due:
@@ -257,13 +321,13 @@ class Trainer:
         tokens_done = round(sum(r["tokens_per_s"] * r["seconds"] for r in self.history))
         self.progress = logger.Progress(
             self.epoch + 1, pos["update"] if pos else 0, self.updates_per_epoch, self.cfg.method.block_size,
-            self.cfg.train.batch_size, self.cfg.train.get("log_interval_s", 30), self.metrics, tokens_done)
+            self.cfg.train.batch_size, self.cfg.train.get("log_interval_s", 30), self.metrics, tokens_done,
+            loss_name=self.loss_name)
         try:
             stats = self.core.train_epoch(self.model, self.theta, self.corpus.train, self.cfg, self.state,
                                           epoch=self.epoch + 1, pos=pos, on_update=self.on_update)
         finally:
             self.progress.close()
-        self.updates_per_epoch = self.progress.update_n or None
         return stats
 
     def train_ppl(self) -> float:
