@@ -25,7 +25,7 @@ from tprop_exp.core.methods import BTPropConf
 from tprop_exp.core.registry import MethodConf, added, volatile  # noqa: F401  (added: for new keys)
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")  # the shipped config files
-OPTIMIZERS = ("sgd", "adagrad", "adam")     # core/optim.py OPTIMIZERS
+OPTIMIZERS = ("sgd", "adagrad", "adam", "tprnn_adagrad")     # core/optim.py OPTIMIZERS
 MODES = ("minibatch", "batch")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DTYPES = ("float32", "float64")
@@ -52,6 +52,8 @@ class TrainConf:
     ckpt_interval_s: float = volatile(600.0)
     log_interval_s: float = volatile(30.0)
     compile: bool = volatile(False)  # torch.compile: speed only, never the result
+    zero_weight_first_type: bool = added(False)  # SPEC §6: the authors' token weights
+    init_from: Optional[str] = added(None)       # a state_dict file to start θ from
 
 
 @dataclass
@@ -61,7 +63,7 @@ class ArchConf:
     hidden_size: int = 128
     num_layers: int = 1
     init_range: float = 0.1
-
+    init: str = added("uniform")  # uniform | tprnn (SPEC §6 "parameters' init")
 
 
 
@@ -198,6 +200,9 @@ def validate(cfg: DictConfig) -> None:
     positive("arch.hidden_size", a.hidden_size)
     positive("arch.num_layers", a.num_layers)
     at_least("arch.init_range", a.init_range, 0)
+    choice("arch.init", a.init, ("uniform", "tprnn"))
+    if t.init_from is not None and not Path(t.init_from).is_file():
+        _bad("train.init_from", t.init_from, "a state_dict file (torch.save), e.g. a run's model.pt, or null")
 
     method = registry.method(m.get("name"), m.get("_target_"))  # imports a method of one's own
     m = method_config(cfg.method, method.schema)
@@ -213,6 +218,7 @@ def validate(cfg: DictConfig) -> None:
         for key in ("h_steps", "theta_steps", "u_start_epoch", "h_lr", "h_tol", "h_clip", "lam", "u_lr"):
             at_least(f"method.{key}", getattr(m, key), 0)
         positive("method.lam_mult", m.lam_mult)
+        authors_rules(m, a)
     if method.check is not None:
         method.check(m)
 
@@ -227,6 +233,16 @@ def validate(cfg: DictConfig) -> None:
         _bad("dataset.valid_frac", d.valid_frac,
              f"a number below {1 - d.train_frac:g} (train_frac + valid_frac < 1, the rest is test)")
     positive("seeds", cfg.seeds)
+
+
+def authors_rules(m: BTPropConf, a: DictConfig) -> None:
+    """The keys of SPEC §6's rules, and the combinations the authors' code refuses."""
+    from tprop_exp.core import tprnn
+    choice("method.slots", m.slots, tprnn.SLOTS)
+    choice("method.dual_update", m.dual_update, tprnn.DUAL_UPDATES)
+    if m.init == "tprnn_mb" and registry.cell(a.cell, a._target_).parts > 1:
+        raise UserError(f"method.init: 'tprnn_mb' is not allowed with arch.cell={a.cell}; the authors' "
+                        "-mb_init is for an RNN or a GRU only (their code asserts it): use tprnn_zero")
 
 
 def method_config(node: DictConfig, schema: type) -> MethodConf:

@@ -28,7 +28,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from tprop_exp import UserError
 from tprop_exp.core import btprop, distributed, optim, registry
 from tprop_exp.core.model import PRECISIONS, build_model
-from tprop_exp.core.perplexity import evaluate
+from tprop_exp.core.perplexity import evaluate, evaluate_weighted
 from tprop_exp.data.corpora import load_corpus, resolve_data_dir
 
 from . import checks, logger, records
@@ -114,13 +114,18 @@ def run_locked(cfg: DictConfig, run_dir: Path, config: dict, device: torch.devic
     dtype = getattr(torch, cfg.train.dtype)
     model = build_model(cfg.arch, len(corpus.vocab)).to(device=device, dtype=dtype)
     model.amp_dtype = PRECISIONS[cfg.train.precision]  # autocast; weights stay in `dtype`
+    if cfg.train.get("init_from"):
+        start_from(model, cfg.train.init_from)
+    if cfg.train.get("zero_weight_first_type"):  # SPEC §6: type 1 of the authors' dictionary
+        model.zero_type = int(corpus.train[0])
     if device.type == "cuda" and cfg.train.precision == "fp32":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     theta = optim.build(model, cfg)
     if comm is not None:
         theta = distributed.SharedTheta(theta, comm)
     # Shrink the learning rate when validation stops improving (patience 0).
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(theta.opt, factor=cfg.train.lr_decay, patience=0)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(theta.opt, factor=cfg.train.lr_decay, patience=0) \
+        if cfg.train.lr_decay < 1 else NoDecay()  # lr_decay 1: the authors' BTPROP, no decay
     prov = records.provenance(device, overrides)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("run %s: method %s (%s), %s %s, %s parameters, on %s; tokens: train %s, valid %s, test %s, vocab %s",
@@ -156,6 +161,35 @@ def run_locked(cfg: DictConfig, run_dir: Path, config: dict, device: torch.devic
              run_dir.name, status, f"{t.epoch} epoch" + "s" * (t.epoch != 1), f"{t.wall:,.1f}s",
              logger.number(result["best_valid_ppl"]), logger.number(result["test_ppl"]), run_dir)
     return result
+
+
+def start_from(model: LanguageModel, path: str) -> None:
+    """train.init_from: θ from a state_dict file (a plain state_dict, or a run's
+    model.pt), instead of the seed's initialisation."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError) as e:
+        raise UserError(f"train.init_from: cannot read {path!r} ({str(e).splitlines()[0]})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise UserError(f"train.init_from: {path!r} does not fit this model "
+                        f"({str(e).splitlines()[0]})") from None
+
+
+class NoDecay:
+    """A scheduler that never changes the learning rate (train.lr_decay=1)."""
+
+    def step(self, metric: float) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 @contextmanager
@@ -258,11 +292,24 @@ class Trainer:
         return stats
 
     def train_ppl(self) -> float:
+        return self.train_eval()[1]
+
+    def train_eval(self) -> tuple:
         """SPEC's train_ppl: θ frozen, evaluated like validation over the
-        first train.train_eval_tokens training tokens (all when null)."""
+        first train.train_eval_tokens training tokens (all when null): NLL,
+        ppl, and the authors' weighted NLL, ppl (None without their weights)."""
         n = self.cfg.train.get("train_eval_tokens")
         tokens = self.corpus.train if n is None else self.corpus.train[:n]
-        return evaluate(self.model, tokens, self.cfg.train.eval_batch_size)[1]
+        return evaluate_weighted(self.model, tokens, self.cfg.train.eval_batch_size, self.model.zero_type)
+
+    def weighted(self) -> bool:
+        """train.zero_weight_first_type: the authors' numbers are reported beside the true ones."""
+        return self.model.zero_type is not None
+
+    def select_key(self) -> str:
+        """What picks the best epoch and stops early: under the authors' weights,
+        their number (as their code did); otherwise valid_ppl."""
+        return "valid_ppl_tprnn_weighting" if self.weighted() else "valid_ppl"
 
     def fit(self) -> tuple[str, Optional[str]]:
         cfg = self.cfg
@@ -278,12 +325,16 @@ class Trainer:
             except torch.cuda.OutOfMemoryError as e:
                 return "failed", f"out of memory: {e}".splitlines()[0]
             seconds = time.perf_counter() - self.epoch_t0
-            valid_nll, valid_ppl = evaluate(self.model, self.corpus.valid, cfg.train.eval_batch_size)
+            valid_nll, valid_ppl, valid_nll_w, valid_ppl_w = evaluate_weighted(
+                self.model, self.corpus.valid, cfg.train.eval_batch_size, self.model.zero_type)
             self.epoch += 1
             self.wall += seconds
-            row = {"epoch": self.epoch, "train_ppl": self.train_ppl(),
+            train = self.train_eval()
+            row = {"epoch": self.epoch, "train_ppl": train[1],
                    "valid_ppl": valid_ppl, "lr": self.theta.opt.param_groups[0]["lr"],
                    "tokens_per_s": stats.pop("tokens") / seconds, "seconds": seconds}
+            if self.weighted():  # beside the true numbers, under their own names
+                row["train_ppl_tprnn_weighting"], row["valid_ppl_tprnn_weighting"] = train[3], valid_ppl_w
             if "lam" in self.state:
                 row["lam"] = self.state["lam"]
             row.update(stats)
@@ -296,12 +347,13 @@ class Trainer:
                 self.status = "diverged"  # in the checkpoint, so that a kill now keeps it
                 self.checkpoint()  # run() writes the metrics
                 return "diverged", None
-            if valid_ppl < self.best:
-                self.best, self.bad_epochs = valid_ppl, 0
+            selected = row[self.select_key()]
+            if selected < self.best:
+                self.best, self.bad_epochs = selected, 0
                 self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
             else:
                 self.bad_epochs += 1
-            self.sched.step(valid_nll)
+            self.sched.step(valid_nll if valid_nll_w is None else valid_nll_w)
             self.core.end_epoch(self.state, cfg)
             records.write_metrics(self.run_dir, self.history)
             self.checkpoint()
@@ -309,11 +361,18 @@ class Trainer:
 
     def result(self, status: str, prov: dict) -> dict:
         cfg, corpus = self.cfg, self.corpus
-        test_ppl = None
+        test_ppl = test_ppl_w = None
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
-            test_ppl = evaluate(self.model, corpus.test, cfg.train.eval_batch_size)[1]
-        best_row = min(self.history, key=lambda r: r["valid_ppl"], default=None)
+            _, test_ppl, _, test_ppl_w = evaluate_weighted(self.model, corpus.test, cfg.train.eval_batch_size,
+                                                           self.model.zero_type)
+        best_row = min(self.history, key=lambda r: r[self.select_key()], default=None)
+        weighting = {}
+        if self.weighted():  # the authors' numbers, never in place of the true ones (SPEC §6)
+            weighting = {"best_valid_ppl_tprnn_weighting": None if best_row is None
+                         else best_row["valid_ppl_tprnn_weighting"],
+                         "test_ppl_tprnn_weighting": test_ppl_w,
+                         "tprnn_weighting_type": self.model.zero_type}
         tokens = sum(r["tokens_per_s"] * r["seconds"] for r in self.history)
         return {
             "status": status,
@@ -323,6 +382,7 @@ class Trainer:
             "epochs": self.epoch,
             "wall_s": self.wall,  # seconds of training, evaluation not included
             "train_tokens_per_s": tokens / self.wall if self.wall else None,
+            **weighting,
             "config": self.config,
             **prov,
         }
