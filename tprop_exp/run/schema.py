@@ -115,6 +115,8 @@ class ProfileConf:
     lr: Dict[str, float] = field(default_factory=dict)
     u_start_epoch: int = 3
     threads: Optional[int] = None
+    # experiment=authors (SPEC §6): datasets, epochs, train_tokens
+    authors: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -130,6 +132,7 @@ class Config:
     method: Any = None
     train: TrainConf = field(default_factory=TrainConf)
     logger: Any = volatile(None)  # conf/logger: where metrics go; never what a run computes
+    rules: str = volatile("textbook")  # the variant's label (conf/variant), for reports; the keys compute
 
 
 ConfigStore.instance().store(name="config_schema", node=Config)
