@@ -354,3 +354,15 @@ def test_batch_restarts_H_and_u_every_epoch(init, restarts):
     btprop.train_epoch(a, sgd(a, 0.3), s, cfg, state, epoch=2)
     btprop.train_epoch(b, sgd(b, 0.3), s, cfg, {}, epoch=2)
     assert torch.allclose(params(a), params(b), rtol=0, atol=1e-13) == restarts
+
+
+def test_tprnn_dual_step_with_nonzero_duals():
+    """u_j ← u_j + ρ·λ·(F_j + u_j − S_{j+1})/n from u ≠ 0 (a later dual step)."""
+    from tprop_exp.core import tprnn
+    model, x, y = setup()
+    n = x.shape[1]
+    S0 = 0.3 * torch.randn(n + 1, model.state_size, dtype=torch.float64)
+    u0 = 0.2 * torch.randn(n, model.state_size, dtype=torch.float64)
+    S = Blocks(x, y, S0.clone(), u0.clone(), LAM, 2, free_first=True)
+    tprnn.dual(model, S, m_(dual_update="tprnn"))
+    assert torch.allclose(S.u, hand_dual(model, x, y, S0, u0, n), rtol=0, atol=1e-13)

@@ -241,8 +241,9 @@ def validate(cfg: DictConfig) -> None:
 def authors_rules(m: BTPropConf, a: DictConfig) -> None:
     """The keys of SPEC §6's rules, and the combinations the authors' code refuses."""
     from tprop_exp.core import tprnn
-    choice("method.slots", m.slots, tprnn.SLOTS)
-    choice("method.dual_update", m.dual_update, tprnn.DUAL_UPDATES)
+    for key, allowed in (("slots", tprnn.SLOTS), ("dual_update", tprnn.DUAL_UPDATES)):
+        if getattr(m, key) not in allowed:
+            _bad(f"method.{key}", getattr(m, key), "one of " + ", ".join(allowed))
     if m.init == "tprnn_mb" and registry.cell(a.cell, a._target_).parts > 1:
         raise UserError(f"method.init: 'tprnn_mb' is not allowed with arch.cell={a.cell}; the authors' "
                         "-mb_init is for an RNN or a GRU only (their code asserts it): use tprnn_zero")

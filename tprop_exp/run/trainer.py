@@ -306,11 +306,6 @@ class Trainer:
         """train.zero_weight_first_type: the authors' numbers are reported beside the true ones."""
         return self.model.zero_type is not None
 
-    def select_key(self) -> str:
-        """What picks the best epoch and stops early: under the authors' weights,
-        their number (as their code did); otherwise valid_ppl."""
-        return "valid_ppl_tprnn_weighting" if self.weighted() else "valid_ppl"
-
     def fit(self) -> tuple[str, Optional[str]]:
         cfg = self.cfg
         limit = 2 * math.log(len(self.corpus.vocab))  # a mean NLL above this has exploded
@@ -325,7 +320,7 @@ class Trainer:
             except torch.cuda.OutOfMemoryError as e:
                 return "failed", f"out of memory: {e}".splitlines()[0]
             seconds = time.perf_counter() - self.epoch_t0
-            valid_nll, valid_ppl, valid_nll_w, valid_ppl_w = evaluate_weighted(
+            valid_nll, valid_ppl, _, valid_ppl_w = evaluate_weighted(
                 self.model, self.corpus.valid, cfg.train.eval_batch_size, self.model.zero_type)
             self.epoch += 1
             self.wall += seconds
@@ -347,13 +342,12 @@ class Trainer:
                 self.status = "diverged"  # in the checkpoint, so that a kill now keeps it
                 self.checkpoint()  # run() writes the metrics
                 return "diverged", None
-            selected = row[self.select_key()]
-            if selected < self.best:
-                self.best, self.bad_epochs = selected, 0
+            if valid_ppl < self.best:  # the true number picks the epoch, under any weighting
+                self.best, self.bad_epochs = valid_ppl, 0
                 self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
             else:
                 self.bad_epochs += 1
-            self.sched.step(valid_nll if valid_nll_w is None else valid_nll_w)
+            self.sched.step(valid_nll)
             self.core.end_epoch(self.state, cfg)
             records.write_metrics(self.run_dir, self.history)
             self.checkpoint()
@@ -366,9 +360,9 @@ class Trainer:
             self.model.load_state_dict(self.best_state)
             _, test_ppl, _, test_ppl_w = evaluate_weighted(self.model, corpus.test, cfg.train.eval_batch_size,
                                                            self.model.zero_type)
-        best_row = min(self.history, key=lambda r: r[self.select_key()], default=None)
+        best_row = min(self.history, key=lambda r: r["valid_ppl"], default=None)
         weighting = {}
-        if self.weighted():  # the authors' numbers, never in place of the true ones (SPEC §6)
+        if self.weighted():  # the authors' numbers of the same model, never in place of the true ones (SPEC §6)
             weighting = {"best_valid_ppl_tprnn_weighting": None if best_row is None
                          else best_row["valid_ppl_tprnn_weighting"],
                          "test_ppl_tprnn_weighting": test_ppl_w,
