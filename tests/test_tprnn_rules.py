@@ -366,3 +366,18 @@ def test_tprnn_dual_step_with_nonzero_duals():
     S = Blocks(x, y, S0.clone(), u0.clone(), LAM, 2, free_first=True)
     tprnn.dual(model, S, m_(dual_update="tprnn"))
     assert torch.allclose(S.u, hand_dual(model, x, y, S0, u0, n), rtol=0, atol=1e-13)
+
+
+def test_init_from_state_dict_and_refusal(tmp_path):
+    """train.init_from: θ from a state_dict (plain, or a run's model.pt); a misfit is one line."""
+    from tprop_exp import UserError
+    from tprop_exp.run.trainer import start_from
+    src, dst = tiny_model("gru", seed=1), tiny_model("gru", seed=2)
+    torch.save(src.state_dict(), tmp_path / "plain.pt")
+    torch.save({"state_dict": src.state_dict(), "vocab_size": V}, tmp_path / "model.pt")
+    for f in ("plain.pt", "model.pt"):
+        dst = tiny_model("gru", seed=2)
+        start_from(dst, str(tmp_path / f))
+        assert torch.equal(params(dst), params(src))
+    with pytest.raises(UserError, match="train.init_from"):
+        start_from(tiny_model("lstm"), str(tmp_path / "plain.pt"))
