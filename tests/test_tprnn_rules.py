@@ -381,3 +381,39 @@ def test_init_from_state_dict_and_refusal(tmp_path):
         assert torch.equal(params(dst), params(src))
     with pytest.raises(UserError, match="train.init_from"):
         start_from(tiny_model("lstm"), str(tmp_path / "plain.pt"))
+
+
+@pytest.mark.parametrize("stop", [False, True])
+def test_alm_tprnn_adagrad_joint_steps_and_stop(stop):
+    """ALM under tprnn_adagrad: S (Adagrad rule, restarted) and θ (the run's
+    optimizer, SGD here) both on ∇(J/n); stop after the first joint step with
+    √(‖g_S‖² + ‖g_θ‖²) below h_tol."""
+    def hand(ref, S, u, tol):
+        ps, G, norms = list(ref.parameters()), torch.zeros_like(S), []
+        for k in range(3):
+            Sl = S.clone().requires_grad_(True)
+            gS, *gt = torch.autograd.grad(hand_J(ref, x, y, Sl, u)[0] / n, [Sl, *ps])
+            norms.append(math.sqrt(float((gS ** 2).sum()) + sum(float((g ** 2).sum()) for g in gt)))
+            G = G + gS * gS
+            S = (S - ETA * gS / (G.sqrt() + 1e-5)).detach()
+            sgd_(ps, gt, 0.3)
+            if norms[-1] < tol:
+                return S, k + 1, norms
+        return S, 3, norms
+
+    model, x, y = setup(seed=3)
+    n = x.shape[1]
+    S0 = 0.3 * torch.randn(n + 1, model.state_size, dtype=torch.float64)
+    u = torch.zeros(n, model.state_size, dtype=torch.float64)
+    norms = hand(tiny_model("gru", seed=3), S0, u, 0.0)[2]
+    tol = norms[1] * (1 + 1e-6) if stop else 0.0
+    if stop:
+        assert norms[1] < norms[0]
+    ref = tiny_model("gru", seed=3)
+    H, taken_ref, _ = hand(ref, S0, u, tol)
+    m = m_(name="alm", mode="minibatch", h_steps=3, h_optimizer="tprnn_adagrad", h_tol=tol)
+    S = Blocks(x, y, S0.clone().requires_grad_(True), u.clone(), LAM, 2, free_first=True)
+    out = registry.method("alm").update(model, sgd(model, 0.3), S, m, False)
+    assert int(out["h_steps"]) == taken_ref == (2 if stop else 3)
+    assert torch.allclose(S.H.detach(), H, rtol=0, atol=1e-12)
+    assert torch.allclose(params(model), params(ref), rtol=0, atol=1e-12)
