@@ -175,8 +175,8 @@ def start_from(model: LanguageModel, path: str) -> None:
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as e:
-        raise UserError(f"train.init_from: {path!r} does not fit this model "
-                        f"({str(e).splitlines()[0]})") from None
+        why = " ".join(line.strip() for line in str(e).splitlines()[1:])[:300] or str(e)
+        raise UserError(f"train.init_from: {path!r} does not fit this model ({why})") from None
 
 
 class NoDecay:
