@@ -28,7 +28,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from tprop_exp import UserError
 from tprop_exp.core import btprop, distributed, optim, registry
 from tprop_exp.core.model import PRECISIONS, build_model
-from tprop_exp.core.perplexity import evaluate, evaluate_weighted
+from tprop_exp.core.perplexity import evaluate_weighted
 from tprop_exp.data.corpora import load_corpus, resolve_data_dir
 
 from . import checks, logger, records
