@@ -100,13 +100,13 @@ table1 table2 table3 figure methods: $(STAMP)
 authors: $(STAMP)  ## the authors' README runs (ADMM, ALM, penalty) and their BPTT rule
 	$(RUN) -m experiment=authors profile=$(PROFILE) $(SEEDS_ARG) $(LAUNCHER)
 	$(RUN) -m experiment=authors_bptt profile=$(PROFILE) $(SEEDS_ARG) $(LAUNCHER)
-	$(REPORT) sweeps/authors/$(PROFILE) --table methods --out $(OUT)/authors
+	$(REPORT) sweeps/authors/$(PROFILE) sweeps/authors_bptt/$(PROFILE) --table methods --out $(OUT)/authors
 
 # One rule of the authors' at a time (SPEC §6), mini-batch and batch: results/ablation.md
 ablation: $(STAMP)  ## which of the authors' rules moves the numbers (results/ablation.md)
 	$(RUN) -m experiment=ablation profile=sample $(SEEDS_ARG) $(LAUNCHER)
 	$(RUN) -m experiment=ablation_batch profile=sample $(SEEDS_ARG) $(LAUNCHER)
-	$(REPORT) sweeps/ablation/sample --out results
+	$(REPORT) sweeps/ablation/sample sweeps/ablation_batch/sample --out results
 
 all-tables: table1 table2 table3 figure methods  ## every table and the figure, then the claims
 	$(REPORT) $(foreach e,table1_main table2_regularization table3_minibatch figure_hidden methods,sweeps/$(e)/$(PROFILE)) --out $(OUT)

@@ -35,6 +35,8 @@ def test_experiment_composes(name, profile):
         cfg = compose("config", overrides=[f"experiment={name}", f"profile={profile}"],
                       return_hydra_config=True)
         sweep = sweep_of(cfg)
+        if "train.seed" in sweep:  # a seed changes no composition: one is enough to check
+            sweep["train.seed"] = sweep["train.seed"][:1]
         assert cfg.name == name
         # Every point of the sweep composes into a valid run config.
         for point in itertools.product(*([f"{k}={v}" for v in vs] for k, vs in sweep.items())):

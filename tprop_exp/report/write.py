@@ -80,6 +80,7 @@ ABOUT = {
         "Methods: ADMM, ALM and penalty",
         "ADMM, ALM and the penalty method side by side, with BPTT as reference. Columns: K."),
 }
+ABLATIONS = ("ablation", "ablation_batch")  # experiment=ablation[_batch]: report/ablation.py
 GENERIC = ("Runs of experiment `{name}`",
            "One row per distinct configuration (only the config keys that vary are shown), "
            "averaged over seeds.")
@@ -192,11 +193,13 @@ def write_report(runs, outdir, command, echo=False):
     outdir.mkdir(parents=True, exist_ok=True)
     written = []
     finished = runs[runs["status"] != "unfinished"]
-    if "ablation" in set(finished["experiment"]):
-        written += write_ablation(runs[runs["experiment"] == "ablation"], outdir, command, echo)
+    ablation = runs["experiment"].isin(ABLATIONS)
+    if (ablation & (runs["status"] != "unfinished")).any():  # one report of both sweeps
+        written += write_ablation(runs[ablation], outdir, command, echo)
     # One report per experiment and rule set: <name> (textbook), <name>_<rules> (SPEC §6).
-    for name, rules in sorted(set(zip(finished["experiment"], finished["rules"])) - {("ablation", r) for r in
-                                                                                     finished["rules"]}):
+    for name, rules in sorted(set(zip(finished["experiment"], finished["rules"]))):
+        if name in ABLATIONS:
+            continue
         exp = runs[(runs["experiment"] == name) & (runs["rules"] == rules)]
         layout = name
         name = name if rules == "textbook" else f"{name}_{rules}"
