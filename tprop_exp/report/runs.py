@@ -68,8 +68,9 @@ def load_runs(dirs):
     bptt = df["method"] == "bptt"
     btprop_only = [c for c in df if c.startswith("config.method.")
                    and c.split(".")[-1] not in ("name", "mode", "block_size")]
-    if bptt.any():  # object columns: a bool key (e.g. method.drop_last_block) cannot hold None
-        df[btprop_only] = df[btprop_only].astype(object)
+    for c in btprop_only:  # a bool key (e.g. method.drop_last_block) cannot hold None
+        if df[c].dtype == bool:
+            df[c] = df[c].astype(object)
     df.loc[bptt, ["h_steps", *btprop_only]] = None
     return df
 
