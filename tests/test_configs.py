@@ -68,7 +68,8 @@ def test_seeds_key_expands_to_seed_list():
 
 
 ROWS = [("bptt", "bptt", 0), ("h0", "admm", 0), ("h1", "admm", 1), ("h5", "admm", 5),
-        ("admm", "admm", 5), ("alm", "alm", 5), ("penalty", "penalty", 5)]
+        ("admm", "admm", 5), ("alm", "alm", 5), ("penalty", "penalty", 5),
+        ("authors_admm", "admm", 10), ("authors_alm", "alm", 5), ("authors_penalty", "penalty", 10)]
 
 
 def test_rows_select_the_method():
