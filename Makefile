@@ -22,7 +22,7 @@ BASE := $(BIN)/.tprop_exp-base
 RUN := $(PY) -m tprop_exp
 REPORT := $(PY) -m tprop_exp.report
 
-.PHONY: help setup demo test test-all battery bench bench-scaling plan dist bench-dist table1 table2 table3 figure methods all-tables clean
+.PHONY: help setup demo test test-all battery bench bench-scaling plan dist bench-dist table1 table2 table3 figure methods all-tables authors ablation clean
 .DEFAULT_GOAL := help
 
 help:  ## list the targets and settings (installs nothing)
@@ -89,6 +89,8 @@ bench-dist: $(STAMP)  ## tokens/s and bytes per update over 1, 2, 4 processes (r
 OUT = results$(if $(filter-out sample,$(PROFILE)),/$(PROFILE))
 LAUNCHER = $(if $(filter-out 1,$(JOBS)),hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS))
 SEEDS_ARG = $(if $(SEEDS),seeds=$(SEEDS))
+# VARIANT=tprnn: a table under the authors' rules (SPEC §6); its report is <table>_tprnn.md
+VARIANT_ARG = $(if $(or $(VARIANT),$(variant)),variant=$(or $(VARIANT),$(variant)))
 table1: EXP = table1_main
 table2: EXP = table2_regularization
 table3: EXP = table3_minibatch
@@ -101,8 +103,21 @@ table3: ## Table 3: BPTT across mini-batch sizes
 figure: ## the figure: perplexity against hidden size
 methods: ## BPTT, ADMM, ALM and the penalty method side by side
 table1 table2 table3 figure methods: $(STAMP)
-	$(RUN) -m experiment=$(EXP) profile=$(PROFILE) $(SEEDS_ARG) $(LAUNCHER)
+	$(RUN) -m experiment=$(EXP) profile=$(PROFILE) $(SEEDS_ARG) $(VARIANT_ARG) $(LAUNCHER)
 	$(REPORT) sweeps/$(EXP)/$(PROFILE) --out $(OUT)
+
+# The authors' own commands (SPEC §6): their BTPROP runs under their rules and
+# their BPTT script's rule, reported as the methods table in $(OUT)/authors.
+authors: $(STAMP)  ## the authors' README runs (ADMM, ALM, penalty) and their BPTT rule
+	$(RUN) -m experiment=authors profile=$(PROFILE) $(SEEDS_ARG) $(LAUNCHER)
+	$(RUN) -m experiment=authors_bptt profile=$(PROFILE) $(SEEDS_ARG) $(LAUNCHER)
+	$(REPORT) sweeps/authors/$(PROFILE) sweeps/authors_bptt/$(PROFILE) --table methods --out $(OUT)/authors
+
+# One rule of the authors' at a time (SPEC §6), mini-batch and batch: results/ablation.md
+ablation: $(STAMP)  ## which of the authors' rules moves the numbers (results/ablation.md)
+	$(RUN) -m experiment=ablation profile=sample $(SEEDS_ARG) $(LAUNCHER)
+	$(RUN) -m experiment=ablation_batch profile=sample $(SEEDS_ARG) $(LAUNCHER)
+	$(REPORT) sweeps/ablation/sample sweeps/ablation_batch/sample --out results
 
 all-tables: table1 table2 table3 figure methods  ## every table and the figure, then the claims
 	$(REPORT) $(foreach e,table1_main table2_regularization table3_minibatch figure_hidden methods,sweeps/$(e)/$(PROFILE)) --out $(OUT)

@@ -5,7 +5,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from tprop_exp.run import records, schema, trainer
+from tprop_exp.run import machine, records, schema, trainer
 from tprop_exp.run.schema import CONF
 
 TINY = ["arch.hidden_size=8"]
@@ -26,10 +26,10 @@ def test_deterministic_off_keeps_every_run_identity():
 
 def test_deterministic_switches_torch_and_restores_it():
     assert not torch.are_deterministic_algorithms_enabled()
-    with trainer.deterministic(True):
+    with machine.deterministic(True):
         assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
     assert not torch.are_deterministic_algorithms_enabled()  # the next run of a sweep is as asked
-    with trainer.deterministic(False):
+    with machine.deterministic(False):
         assert not torch.are_deterministic_algorithms_enabled()
 
 
@@ -37,9 +37,9 @@ def test_seed_everything_seeds_python_and_numpy_too():
     import random
 
     import numpy as np
-    trainer.seed_everything(5)
+    machine.seed_everything(5)
     a = (random.random(), np.random.rand(), torch.rand(1).item())
-    trainer.seed_everything(5)
+    machine.seed_everything(5)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
 
 

@@ -54,9 +54,12 @@ if TYPE_CHECKING:
     from .model import LanguageModel
     from .optim import ThetaStep
 
-INITS = ("forward", "zero")  # method.init
+INITS = ("forward", "zero")  # method.init (and the authors' tprnn_zero, tprnn_mb: core/tprnn.py)
 # method.h_optimizer: optimizers that stay put on a zero gradient (see masked_step)
 H_OPTIMIZERS = {"adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
+# The authors' rules (SPEC §6): core/tprnn.py; these names only make them valid choices.
+INITS += ("tprnn_zero", "tprnn_mb")
+H_OPTIMIZERS["tprnn_adagrad"] = functools.partial(torch.optim.Adagrad, eps=1e-5)  # tprnn.h_steps
 
 
 @dataclass
@@ -71,6 +74,8 @@ class Blocks:
     # Blocks spread over processes (distributed.py): H and u then have one more
     # row, the right neighbour's first H and the dual of the constraint across.
     comm: object = None
+    # method.slots=all_free (SPEC §6): H has n+1 rows, u has n, and H_1 moves too.
+    free_first: bool = False
 
     @property
     def n(self) -> int:
@@ -95,7 +100,7 @@ def chunk_terms(model: LanguageModel, x: torch.Tensor, y: torch.Tensor, H: torch
     blocks with a successor. Fixed shapes: `compile` may compile it."""
     logits, Fs = model(x, model.unflat_state(H))
     Fb = model.flat_state(Fs)                                       # F_b(H_b; θ)
-    ce = token_nll(logits, y).mean(0).sum()                         # Σ_b CE_b, CE_b = (1/K) Σ_t NLL_t
+    ce = token_nll(logits, y, model.zero_type).mean(0).sum()        # Σ_b CE_b, CE_b = (1/K) Σ_t NLL_t
     diff = Fb[:H_next.shape[0]] - H_next                            # F_b − H_{b+1}
     pen = 0.5 * lam * (diff + u).pow(2).sum()                       # Σ_b (λ/2)||F_b + u_b − H_{b+1}||²
     return ce, pen, diff.norm(dim=1).sum(), Fb[-1:]
@@ -164,7 +169,7 @@ def init_states(model: LanguageModel, x: torch.Tensor, h1: torch.Tensor, how: st
 
 
 def masked_step(opt: torch.optim.Optimizer, H: torch.Tensor, active: torch.Tensor, tol: float,
-                clip: float = 0.0, comm: Optional[Comm] = None) -> torch.Tensor:
+                clip: float = 0.0, comm: Optional[Comm] = None, fixed_first: bool = True) -> torch.Tensor:
     """One h-step while the gradient is above `tol`; `active` records whether.
 
     The tolerance is on the root-mean-square of the blocks' gradient norms,
@@ -178,7 +183,7 @@ def masked_step(opt: torch.optim.Optimizer, H: torch.Tensor, active: torch.Tenso
     if comm is not None:
         comm.boundary_grad(H)  # the ghost row's gradient goes to its owner
         n = comm.nb
-    if comm is None or comm.rank == 0:
+    if fixed_first and (comm is None or comm.rank == 0):
         H.grad[0] = 0  # H_1 is fixed
     norm = torch.linalg.vector_norm(H.grad)
     if comm is not None:
@@ -195,13 +200,16 @@ def masked_step(opt: torch.optim.Optimizer, H: torch.Tensor, active: torch.Tenso
 
 def h_steps(model: LanguageModel, S: Blocks, m: Any) -> torch.Tensor:
     """Step 2: n_h steps on H (θ fixed) descending J. Returns steps taken (tensor)."""
+    if m.h_optimizer == "tprnn_adagrad":  # the authors' rule (SPEC §6)
+        from . import tprnn
+        return tprnn.h_steps(model, S, m)
     opt = H_OPTIMIZERS[m.h_optimizer]([S.H], lr=m.h_lr)
     active = torch.ones((), device=S.H.device, dtype=S.H.dtype)
     taken = torch.zeros((), device=S.H.device)
     for _ in range(m.h_steps):
         S.H.grad = None
         objective(model, S, backward=lambda J: J.backward(inputs=[S.H]))
-        active = masked_step(opt, S.H, active, m.h_tol, m.h_clip, S.comm)
+        active = masked_step(opt, S.H, active, m.h_tol, m.h_clip, S.comm, fixed_first=not S.free_first)
         taken += active
     return taken
 
@@ -261,6 +269,10 @@ def train_epoch(model: LanguageModel, theta: ThetaStep | SharedTheta, stream: to
     m, B = cfg.method, cfg.train.batch_size
     device = model.decoder.weight.device
     x, y = blocks(stream.to(device), m.block_size)
+    from . import tprnn  # the authors' rules (SPEC §6); at their defaults, SPEC §1 as before
+    if tprnn.rule(m, "drop_last_block"):
+        x, y = x[:, :-1], y[:, :-1]
+    free = tprnn.all_free(m)
     nb = x.shape[1]
     if nb < 2:
         raise UserError(f"the training split ({len(stream)} tokens) is shorter than two blocks "
@@ -270,13 +282,13 @@ def train_epoch(model: LanguageModel, theta: ThetaStep | SharedTheta, stream: to
     h0 = model.flat_state(model.zero_state(1))
     model.train()
     if m.mode == "batch":
-        if state.get("H") is None:
-            state["H"] = init_states(model, x, h0, m.init).detach()
-            state["u"] = torch.zeros(nb - 1, model.state_size, dtype=h0.dtype, device=device)
-        S = Blocks(x, y, state["H"].requires_grad_(True), state["u"], lam, m.chunk_blocks)
+        if state.get("H") is None or tprnn.restarts(m):  # the authors' "batch": restart every epoch
+            state["H"] = tprnn.init_slots(model, x, h0, m).detach()
+            state["u"] = torch.zeros(state["H"].shape[0] - 1, model.state_size, dtype=h0.dtype, device=device)
+        S = Blocks(x, y, state["H"].requires_grad_(True), state["u"], lam, m.chunk_blocks, free_first=free)
         sums = update(model, theta, S, m, duals_on)
         state["H"] = S.H.detach()
-        n_updates, n_constraints = 1, nb - 1
+        n_updates, n_constraints = 1, state["u"].shape[0]
         dual_norm = state["u"].norm(dim=1).mean()
     else:
         starts = range(0, nb, B)
@@ -285,15 +297,16 @@ def train_epoch(model: LanguageModel, theta: ThetaStep | SharedTheta, stream: to
         sums = pos["sums"] if pos else None
         for k in range(i0, len(starts)):  # progress: the trainer, through on_update
             xb, yb = x[:, starts[k]:starts[k] + B], y[:, starts[k]:starts[k] + B]
-            u = torch.zeros(xb.shape[1] - 1, model.state_size, dtype=h0.dtype, device=device)
-            S = Blocks(xb, yb, init_states(model, xb, carry, m.init), u, lam, m.chunk_blocks)
+            H = tprnn.init_slots(model, xb, carry, m)
+            u = torch.zeros(H.shape[0] - 1, model.state_size, dtype=h0.dtype, device=device)
+            S = Blocks(xb, yb, H, u, lam, m.chunk_blocks, free_first=free)
             s = update(model, theta, S, m, duals_on)
             s["dual"] = u.norm(dim=1).sum()
             carry = s.pop("last")
             sums = s if sums is None else {key: sums[key] + s[key] for key in sums}
             if on_update is not None:
                 on_update({"update": k + 1, "carry": carry, "sums": sums})
-        n_updates, n_constraints = len(starts), nb - len(starts)
+        n_updates, n_constraints = len(starts), nb - len(starts) * (not free)
         dual_norm = sums["dual"] / max(n_constraints, 1)
     return {
         "ce": float(sums["ce"]) / nb,

@@ -78,6 +78,16 @@ def check(cfg: DictConfig, n_tokens: int, world: int) -> None:
     if world == 1:
         return
     m, B = cfg.method, cfg.train.batch_size
+    from .tprnn import DEFAULTS  # the authors' rules (SPEC §6) run in one process only
+    rules = {k: m.get(k) for k in DEFAULTS if m.get(k) not in (None, DEFAULTS[k])}
+    if m.init.startswith("tprnn"):
+        rules["init"] = m.init
+    if m.h_optimizer == "tprnn_adagrad":
+        rules["h_optimizer"] = m.h_optimizer
+    if m.name != "bptt" and rules:
+        key, value = next(iter(rules.items()))
+        raise UserError(f"method.{key}={value} (the authors' rules, SPEC §6) runs in one process only, "
+                        f"not over {world}")
     if m.name == "bptt" and B < world:
         raise UserError(f"train.batch_size={B} must be at least the number of processes ({world}) for BPTT")
     if m.name != "bptt" and m.mode == "minibatch" and B % world:

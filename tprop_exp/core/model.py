@@ -34,7 +34,7 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 class LanguageModel(nn.Module):
     def __init__(self, vocab_size: int, cell: str = "lstm", hidden_size: int = 100, num_layers: int = 1,
-                 init_range: float = 0.1) -> None:
+                 init_range: float = 0.1, init: str = "uniform") -> None:
         super().__init__()
         if cell not in registry.CELLS:
             raise ValueError(f"unknown cell {cell!r}; choose one of {sorted(registry.CELLS)}")
@@ -44,12 +44,32 @@ class LanguageModel(nn.Module):
         self.rnn = registry.CELLS[cell].make(hidden_size, num_layers)
         self.decoder = nn.Linear(hidden_size, vocab_size)
         self.amp_dtype = None  # set by the trainer from train.precision
+        self.zero_type = None  # train.zero_weight_first_type: the token type trained with weight 0
         # One layer of the cell, weightless: `states_every` runs layer l through it
         # with layer l's weights (a tuple keeps it out of the parameters).
         kind = type(self.rnn)
         self._one = (kind(hidden_size, hidden_size, 1, device="meta"),) if kind in TORCH_CELLS else None
+        if init == "tprnn":  # SPEC §6: the authors' init
+            self._init_tprnn(init_range)
+        elif init == "uniform":
+            for p in self.parameters():
+                nn.init.uniform_(p, -init_range, init_range)
+        else:
+            raise ValueError(f"unknown arch.init {init!r}; choose uniform or tprnn")
+
+    def _init_tprnn(self, init_range: float) -> None:
+        """Embedding and decoder weights U(±init_range), decoder bias 0, the
+        recurrent weights and biases U(±1/√d) as cuDNN's (and torch's) default.
+        Parameters in the same order as `uniform`, one draw each."""
+        rnn = {id(p) for p in self.rnn.parameters()}
+        bound = self.hidden_size ** -0.5
         for p in self.parameters():
-            nn.init.uniform_(p, -init_range, init_range)
+            if p is self.decoder.bias:
+                nn.init.zeros_(p)
+            elif id(p) in rnn:
+                nn.init.uniform_(p, -bound, bound)
+            else:
+                nn.init.uniform_(p, -init_range, init_range)
 
     @property
     def state_size(self) -> int:
@@ -163,14 +183,20 @@ class LanguageModel(nn.Module):
         return tuple(parts) if self.parts > 1 else parts[0]
 
 
-def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-token negative log-likelihood (T, n), computed in fp32 or better."""
+def token_nll(logits: torch.Tensor, targets: torch.Tensor, zero_type: Optional[int] = None) -> torch.Tensor:
+    """Per-token negative log-likelihood (T, n), computed in fp32 or better.
+    `zero_type`: that target type gets weight 0 (its NLL is 0; a mean still
+    counts it), the authors' train.zero_weight_first_type (SPEC §6)."""
     nll = F.cross_entropy(_fp32(logits).flatten(0, 1), targets.flatten(), reduction="none")
-    return nll.view(targets.shape)
+    nll = nll.view(targets.shape)
+    return nll if zero_type is None else nll * (targets != zero_type)
 
 
-def mean_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean NLL over all tokens in one fused kernel (BPTT's loss, every update)."""
+def mean_nll(logits: torch.Tensor, targets: torch.Tensor, zero_type: Optional[int] = None) -> torch.Tensor:
+    """Mean NLL over all tokens in one fused kernel (BPTT's loss, every update);
+    with `zero_type`, as token_nll, still divided by every token."""
+    if zero_type is not None:
+        return token_nll(logits, targets, zero_type).mean()
     return F.cross_entropy(_fp32(logits).flatten(0, 1), targets.flatten())
 
 
@@ -205,4 +231,5 @@ def build_model(arch_cfg: DictConfig, vocab_size: int) -> LanguageModel:
     """The model of a run's `arch` config (importing `arch._target_`, a cell of one's own, first)."""
     registry.cell(arch_cfg.cell, arch_cfg.get("_target_"))
     return LanguageModel(vocab_size, cell=arch_cfg.cell, hidden_size=arch_cfg.hidden_size,
-                         num_layers=arch_cfg.num_layers, init_range=arch_cfg.init_range)
+                         num_layers=arch_cfg.num_layers, init_range=arch_cfg.init_range,
+                         init=arch_cfg.get("init") or "uniform")

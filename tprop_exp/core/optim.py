@@ -6,6 +6,7 @@ precision and clipping rules are written once.
 """
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Sequence
 
 import torch
@@ -16,6 +17,9 @@ if TYPE_CHECKING:
     from .model import LanguageModel
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam}
+# The authors' θ rule (SPEC §6): Adagrad with ε = 1e-5 outside the root (torch's
+# form), its state kept for the whole run; with train.clip 0.5 and lr_decay 1.
+OPTIMIZERS["tprnn_adagrad"] = functools.partial(torch.optim.Adagrad, eps=1e-5)
 
 
 class ThetaStep:
@@ -77,7 +81,7 @@ def build(model: LanguageModel, cfg: DictConfig) -> ThetaStep:
     """The ThetaStep of a run: train.optimizer at train.lr, train.clip, train.precision."""
     # One fused kernel for the whole step, on a CPU as on CUDA (on this project's CPU
     # bench sizes 3-5x faster than foreach). CUDA has no fused Adagrad: foreach there.
-    fast = {"foreach": True} if model.decoder.weight.is_cuda and cfg.train.optimizer == "adagrad" \
+    fast = {"foreach": True} if model.decoder.weight.is_cuda and cfg.train.optimizer in ("adagrad", "tprnn_adagrad") \
         else {"fused": True}
     opt = OPTIMIZERS[cfg.train.optimizer](model.parameters(), lr=cfg.train.lr, **fast)
     return ThetaStep(opt, cfg.train.clip, fp16=cfg.train.get("precision") == "fp16")

@@ -328,9 +328,11 @@ def across(verdicts):
     return text
 
 
-def claims_markdown(results, sources, command):
+def claims_markdown(results, sources, command, tprnn=None):
     """claims.md: the rules, a summary grid (claim x dataset, and across the
-    datasets), then the evidence.  sources: the tables whose CSVs were read."""
+    datasets), then the evidence.  sources: the tables whose CSVs were read.
+    `tprnn`: the verdicts of the same tables run under variant=tprnn (the
+    <table>_tprnn.csv files), shown side by side."""
     grid = results.pivot_table(index="claim", columns="dataset", values="verdict", aggfunc="first")
     overall = {n: across(dict(zip(g["dataset"], g["verdict"]))) for n, g in results.groupby("claim")}
     grid["across datasets"] = grid.index.map(overall)
@@ -344,6 +346,8 @@ def claims_markdown(results, sources, command):
         "## Rules", "", RULES,
         "## Summary", "", grid.to_markdown(disable_numparse=True), "",
     ]
+    if tprnn is not None:
+        parts += both_rule_sets(results, tprnn)
     for number, text, table, rule, _ in CLAIMS:
         parts += [f"## Claim {number}: {text}", "", f"Table: `{table}`. Rule: {rule}", "",
                   f"Across datasets: {overall.get(number, 'no runs')}.", ""]
@@ -352,3 +356,30 @@ def claims_markdown(results, sources, command):
             parts += [f"  - {line}" for line in r["evidence"]]
         parts.append("")
     return "\n".join(parts)
+
+
+def both_rule_sets(textbook, tprnn):
+    """Each claim's verdict under SPEC §1 (textbook) and under the authors'
+    rules (variant=tprnn, SPEC §6) side by side, with one sentence per claim."""
+    t = textbook.assign(rules="textbook")
+    a = tprnn.assign(rules="tprnn")
+    both = pd.concat([t, a]).pivot_table(index=["claim", "dataset"], columns="rules", values="verdict",
+                                         aggfunc="first").reindex(columns=["textbook", "tprnn"]).fillna("no runs")
+    parts = ["## Under both rule sets", "",
+             "The same tables run under `variant=tprnn` (the authors' code's rules, SPEC §6; their "
+             "`<table>_tprnn.csv` here), beside SPEC §1's rules.", "",
+             both.to_markdown(disable_numparse=True), ""]
+    for number, text, *_ in CLAIMS:
+        if number not in both.index.get_level_values(0):
+            continue
+        rows = both.loc[number]
+        judged = rows[(rows["tprnn"] != "no runs") & (rows["textbook"] != "no runs")]
+        if judged.empty:
+            line = "not judged under both rule sets (runs missing)."
+        elif (judged["textbook"] == judged["tprnn"]).all():
+            line = "the rule set does not change the verdict on " + ", ".join(judged.index) + "."
+        else:
+            changed = [d for d, r in judged.iterrows() if r["textbook"] != r["tprnn"]]
+            line = "the rule set changes the verdict on " + ", ".join(changed) + "."
+        parts.append(f"- Claim {number} ({text}): {line}")
+    return parts + [""]

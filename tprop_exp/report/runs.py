@@ -16,6 +16,7 @@ SHORT = {
     "method": "config.method.name", "mode": "config.method.mode", "K": "config.method.block_size",
     "h_steps": "config.method.h_steps", "hidden": "config.arch.hidden_size",
     "batch_size": "config.train.batch_size", "seed": "config.train.seed",
+    "rules": "config.rules",  # the variant's label (SPEC §6): textbook, tprnn, only_<rule>
 }
 NUMERIC = ["K", "h_steps", "hidden", "batch_size", "seed"]
 
@@ -62,10 +63,14 @@ def load_runs(dirs):
     for c in NUMERIC:
         df[c] = pd.to_numeric(df[c], errors="coerce")
     df["experiment"] = df["experiment"].fillna("unnamed")
+    df["rules"] = df["rules"].fillna("textbook")  # records from before the variants
     # BPTT ignores the BTPROP settings: blank them so they neither split nor label cells.
     bptt = df["method"] == "bptt"
     btprop_only = [c for c in df if c.startswith("config.method.")
                    and c.split(".")[-1] not in ("name", "mode", "block_size")]
+    for c in btprop_only:  # a bool key (e.g. method.drop_last_block) cannot hold None
+        if df[c].dtype == bool:
+            df[c] = df[c].astype(object)
     df.loc[bptt, ["h_steps", *btprop_only]] = None
     return df
 

@@ -6,7 +6,10 @@ import pandas as pd
 from .runs import NUMERIC, varying_keys
 from .stats import fmt_stat
 
-METRICS = {"valid": "best_valid_ppl", "test": "test_ppl", "train": "train_ppl"}
+METRICS = {"valid": "best_valid_ppl", "test": "test_ppl", "train": "train_ppl",
+           # the authors' token weights (SPEC §6), never in place of the true numbers
+           "valid_tprnn": "best_valid_ppl_tprnn_weighting", "test_tprnn": "test_ppl_tprnn_weighting"}
+WEIGHTED = "valid ppl under the authors' token weights (valid_ppl_tprnn_weighting; not the true perplexity)"
 
 # The cell keys of each known layout.
 KEYS = {
@@ -138,7 +141,11 @@ def make_table(summary, name):
     columns = ["mode", "K"]  # table1_main, and methods when both modes were run
     if name == "table2_regularization" or (name == "methods" and s["mode"].nunique() == 1):
         columns = "K"
-    return {d: _pivot(g, "label", columns) for d, g in s.groupby("dataset", sort=True)}
+    tables = {d: _pivot(g, "label", columns) for d, g in s.groupby("dataset", sort=True)}
+    if "valid_tprnn_n" in s and (s["valid_tprnn_n"] > 0).any():  # beside the true tables
+        w = s.assign(cell=s.apply(_cell, axis=1, metric="valid_tprnn"))
+        tables.update({f"{d}: {WEIGHTED}": _pivot(g, "label", columns) for d, g in w.groupby("dataset", sort=True)})
+    return tables
 
 
 def _generic(s):

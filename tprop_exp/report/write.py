@@ -52,6 +52,7 @@ import pandas as pd
 from tprop_exp import UserError
 from tprop_exp.run.records import write_text_atomic
 
+from .ablation import ablation_figure, ablation_markdown, ablation_summary
 from .claims import CLAIM_TABLES, claims_markdown, evaluate_claims
 from .plots import curves_figure, diagnostics_figure, hidden_figure, minibatch_figure, save
 from .runs import load_runs, pooled_keys, unique, varying_keys
@@ -80,6 +81,7 @@ ABOUT = {
         "Methods: ADMM, ALM and penalty",
         "ADMM, ALM and the penalty method side by side, with BPTT as reference. Columns: K."),
 }
+ABLATIONS = ("ablation", "ablation_batch")  # experiment=ablation[_batch]: report/ablation.py
 GENERIC = ("Runs of experiment `{name}`",
            "One row per distinct configuration (only the config keys that vary are shown), "
            "averaged over seeds.")
@@ -131,7 +133,9 @@ def provenance(runs, command):
 def table_markdown(name, runs, used, layout, tables, command, note="", figures=None):
     """The .md of one experiment: `runs` are all its runs (for the provenance),
     `used` those in the `layout`'s tables."""
-    title, about = ABOUT.get(name, GENERIC)
+    title, about = ABOUT.get(name, ABOUT.get(layout, GENERIC))
+    if name != layout and layout in ABOUT:  # the same layout under another rule set (SPEC §6)
+        title += f", under variant={name[len(layout) + 1:]} (the authors' rules, SPEC §6)"
     parts = [f"# {title.format(name=name)}", "", f"{about} {CELLS}", "", "## Provenance", "",
              provenance(runs, command), ""]
     used = used[used["status"] != "unfinished"]
@@ -152,9 +156,10 @@ def table_markdown(name, runs, used, layout, tables, command, note="", figures=N
     return "\n".join(parts)
 
 
-def load_summaries(outdir):
-    """{table: summary} from the known tables' CSVs in outdir."""
-    paths = {t: Path(outdir) / f"{t}.csv" for t in CLAIM_TABLES}
+def load_summaries(outdir, suffix=""):
+    """{table: summary} from the known tables' CSVs in outdir (`suffix`
+    "_tprnn": those run under variant=tprnn)."""
+    paths = {t: Path(outdir) / f"{t}{suffix}.csv" for t in CLAIM_TABLES}
     return {t: pd.read_csv(p) for t, p in paths.items() if p.exists()}
 
 
@@ -189,12 +194,19 @@ def write_report(runs, outdir, command, echo=False):
     outdir.mkdir(parents=True, exist_ok=True)
     written = []
     finished = runs[runs["status"] != "unfinished"]
-    for name in sorted(finished["experiment"].unique()):
-        exp = runs[runs["experiment"] == name]
-        used, note = select(exp, name)
+    ablation = runs["experiment"].isin(ABLATIONS)
+    if (ablation & (runs["status"] != "unfinished")).any():  # one report of both sweeps
+        written += write_ablation(runs[ablation], outdir, command, echo)
+    # One report per experiment and rule set: <name> (textbook), <name>_<rules> (SPEC §6).
+    for name, rules in sorted(set(zip(finished["experiment"], finished["rules"]))):
+        if name in ABLATIONS:
+            continue
+        exp = runs[(runs["experiment"] == name) & (runs["rules"] == rules)]
         layout = name
+        name = name if rules == "textbook" else f"{name}_{rules}"
+        used, note = select(exp, layout)
         if (used["status"] != "unfinished").sum() == 0:  # nothing fits: show the runs plainly
-            used, layout, note = exp, "generic", f"no run fits the {name} layout; shown plainly."
+            used, layout, note = exp, "generic", f"no run fits the {layout} layout; shown plainly."
         summary = summarise(used, layout)
         figures = write_figures(name, layout, used, summary, outdir)
         tables = make_table(summary, layout)
@@ -208,10 +220,26 @@ def write_report(runs, outdir, command, echo=False):
             print(md)
     summaries = load_summaries(outdir)
     if summaries:  # a folder of other experiments only (e.g. the demo) gets no claims.md
-        text = claims_markdown(evaluate_claims(summaries), list(summaries), command)
+        tprnn = load_summaries(outdir, "_tprnn")  # the same tables under the authors' rules
+        text = claims_markdown(evaluate_claims(summaries), list(summaries), command,
+                               evaluate_claims(tprnn) if tprnn else None)
         written.append(write_text_atomic(outdir / "claims.md", text))
         if echo:
             print(text)
+    return written
+
+
+def write_ablation(runs, outdir, command, echo=False):
+    """results/ablation.csv, .md and .png (report/ablation.py)."""
+    summary = ablation_summary(runs[runs["status"] != "unfinished"])
+    md = ablation_markdown(summary, provenance(runs, command))
+    written = [write_text_atomic(outdir / "ablation.csv", summary.to_csv(index=False)),
+               write_text_atomic(outdir / "ablation.md", md)]
+    fig = ablation_figure(summary)
+    if fig is not None:
+        written.append(save(fig, outdir / "ablation.png"))
+    if echo:
+        print(md)
     return written
 
 

@@ -1,6 +1,6 @@
 """What this machine can run (SPEC §3: refused before anything is written,
 not a traceback and a `failed` record): the device and the precision asked
-for, and a model that fits in memory.
+for, and a model that fits in memory; and the run's seeds and determinism.
 
 torch is imported only when there is something to probe.
 """
@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -117,3 +118,37 @@ def memory(cfg: DictConfig, vocab: int, n_train: int, device: Any) -> None:
 
 def _gib(n: int) -> str:
     return f"{n / 2 ** 30:,.1f} GiB"
+
+
+def seed_everything(seed: int) -> None:
+    """The RNGs a run may draw from: torch's (CPU and every GPU), Python's, NumPy's."""
+    import random
+
+    import numpy as np
+    import torch
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+@contextmanager
+def deterministic(on: bool) -> Iterator[None]:
+    """train.deterministic: torch's deterministic algorithms (an error for an
+    operation that has none), cuDNN without autotuning, and cuBLAS's fixed
+    workspace; restored afterwards, since a sweep's runs may share a process."""
+    if not on:
+        yield
+        return
+    import torch
+    old = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+           torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = old[1], old[2]
+        if old[3] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)

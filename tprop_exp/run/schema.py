@@ -25,7 +25,7 @@ from tprop_exp.core.methods import BTPropConf
 from tprop_exp.core.registry import MethodConf, added, volatile  # noqa: F401  (added: for new keys)
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")  # the shipped config files
-OPTIMIZERS = ("sgd", "adagrad", "adam")     # core/optim.py OPTIMIZERS
+OPTIMIZERS = ("sgd", "adagrad", "adam", "tprnn_adagrad")     # core/optim.py OPTIMIZERS
 MODES = ("minibatch", "batch")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DTYPES = ("float32", "float64")
@@ -67,6 +67,8 @@ class TrainConf:
     log_interval_s: float = volatile(30.0)
     compile: bool = volatile(False)  # torch.compile: speed only, never the result
     deterministic: bool = added(False)  # torch's deterministic algorithms; seeds every RNG in use
+    zero_weight_first_type: bool = added(False)  # SPEC §6: the authors' token weights
+    init_from: Optional[str] = added(None)       # a state_dict file to start θ from
 
 
 @dataclass
@@ -76,7 +78,7 @@ class ArchConf:
     hidden_size: int = 128
     num_layers: int = 1
     init_range: float = 0.1
-
+    init: str = added("uniform")  # uniform | tprnn (SPEC §6 "parameters' init")
 
 
 
@@ -128,6 +130,8 @@ class ProfileConf:
     lr: Dict[str, float] = field(default_factory=dict)
     u_start_epoch: int = 3
     threads: Optional[int] = None
+    # experiment=authors (SPEC §6): datasets, epochs, train_tokens
+    authors: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -143,6 +147,7 @@ class Config:
     method: Any = None
     train: TrainConf = field(default_factory=TrainConf)
     logger: Any = volatile(None)  # conf/logger: where metrics go; never what a run computes
+    rules: str = volatile("textbook")  # the variant's label (conf/variant), for reports; the keys compute
 
 
 ConfigStore.instance().store(name="config_schema", node=Config)
@@ -236,6 +241,9 @@ def validate(cfg: DictConfig) -> None:
     positive("arch.hidden_size", a.hidden_size)
     positive("arch.num_layers", a.num_layers)
     at_least("arch.init_range", a.init_range, 0)
+    choice("arch.init", a.init, ("uniform", "tprnn"))
+    if t.init_from is not None and not Path(t.init_from).is_file():
+        _bad("train.init_from", t.init_from, "a state_dict file (torch.save), e.g. a run's model.pt, or null")
 
     method = registry.method(m.get("name"), m.get("_target_"))  # imports a method of one's own
     m = method_config(cfg.method, method.schema)
@@ -251,6 +259,7 @@ def validate(cfg: DictConfig) -> None:
         for key in ("h_steps", "theta_steps", "u_start_epoch", "h_lr", "h_tol", "h_clip", "lam", "u_lr"):
             at_least(f"method.{key}", getattr(m, key), 0)
         positive("method.lam_mult", m.lam_mult)
+        authors_rules(m, a)
     if method.check is not None:
         method.check(m)
 
@@ -284,6 +293,17 @@ def validate(cfg: DictConfig) -> None:
         extra = [k for k in lg if k not in reads]
         if extra:
             raise UserError(f"unknown key logger.{extra[0]} (logger {lg.name} reads {', '.join(reads)})")
+
+
+def authors_rules(m: BTPropConf, a: DictConfig) -> None:
+    """The keys of SPEC §6's rules, and the combinations the authors' code refuses."""
+    from tprop_exp.core import tprnn
+    for key, allowed in (("slots", tprnn.SLOTS), ("dual_update", tprnn.DUAL_UPDATES)):
+        if getattr(m, key) not in allowed:
+            _bad(f"method.{key}", getattr(m, key), "one of " + ", ".join(allowed))
+    if m.init == "tprnn_mb" and registry.cell(a.cell, a._target_).parts > 1:
+        raise UserError(f"method.init: 'tprnn_mb' is not allowed with arch.cell={a.cell}; the authors' "
+                        "-mb_init is for an RNN or a GRU only (their code asserts it): use tprnn_zero")
 
 
 def method_config(node: DictConfig, schema: type) -> MethodConf:

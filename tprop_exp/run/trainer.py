@@ -29,7 +29,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from tprop_exp import UserError
 from tprop_exp.core import btprop, distributed, optim, registry
 from tprop_exp.core.model import PRECISIONS, build_model
-from tprop_exp.core.perplexity import evaluate
+from tprop_exp.core.perplexity import evaluate_weighted
 from tprop_exp.data.corpora import load_corpus, resolve_data_dir
 
 from . import checks, logger, machine, records
@@ -62,10 +62,12 @@ def pick_device(name: str, job_num: int = 0) -> torch.device:
         raise UserError(f"train.device must be auto, cpu or cuda[:N], got {name!r}")
 
 
-def plateau(opt: torch.optim.Optimizer, decay: float) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+def plateau(opt: torch.optim.Optimizer, decay: float) -> torch.optim.lr_scheduler.ReduceLROnPlateau | NoDecay:
     """train.lr_decay: lr ← lr·decay after each epoch whose validation NLL is
     not below the best so far. Any improvement counts (threshold 0), as in
     the authors' script and pytorch/examples, not torch's default 0.01%."""
+    if decay >= 1:
+        return NoDecay()  # lr_decay 1: no decay, as the authors' BTPROP
     return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=decay, patience=0, threshold=0.0)
 
 
@@ -109,7 +111,7 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: Sequence[str] = (), job
         log.info("%s: already %s; nothing to do", run_dir, done["status"])
         return done
     device = pick_device(cfg.train.device, job_num)
-    with deterministic(bool(cfg.train.get("deterministic", False))):
+    with machine.deterministic(bool(cfg.train.get("deterministic", False))):
         if distributed.environment()[0] != 0:  # the lead process holds the folder for them all
             return run_locked(cfg, run_dir, config, device, overrides)
         lock = records.lock_run(run_dir)
@@ -136,10 +138,14 @@ def run_locked(cfg: DictConfig, run_dir: Path, config: dict, device: torch.devic
     corpus.train, corpus.valid, corpus.test = (t.to(device) for t in (corpus.train, corpus.valid, corpus.test))
     btprop.compile_terms(bool(cfg.train.get("compile", False)))
     machine.memory(cfg, len(corpus.vocab), len(corpus.train), device)  # before the model is built: refused, not swapped to death
-    seed_everything(cfg.train.seed)
+    machine.seed_everything(cfg.train.seed)
     dtype = getattr(torch, cfg.train.dtype)
     model = build_model(cfg.arch, len(corpus.vocab)).to(device=device, dtype=dtype)
     model.amp_dtype = PRECISIONS[cfg.train.precision]  # autocast; weights stay in `dtype`
+    if cfg.train.get("init_from"):
+        start_from(model, cfg.train.init_from)
+    if cfg.train.get("zero_weight_first_type"):  # SPEC §6: type 1 of the authors' dictionary
+        model.zero_type = int(corpus.train[0])
     if device.type == "cuda" and cfg.train.precision == "fp32":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     theta = optim.build(model, cfg)
@@ -187,37 +193,33 @@ def run_locked(cfg: DictConfig, run_dir: Path, config: dict, device: torch.devic
     return result
 
 
-def seed_everything(seed: int) -> None:
-    """The RNGs a run may draw from: torch's (CPU and every GPU), Python's, NumPy's."""
-    import random
-
-    import numpy as np
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-
-
-@contextmanager
-def deterministic(on: bool) -> Iterator[None]:
-    """train.deterministic: torch's deterministic algorithms (an error for an
-    operation that has none), cuDNN without autotuning, and cuBLAS's fixed
-    workspace; restored afterwards, since a sweep's runs may share a process."""
-    if not on:
-        yield
-        return
-    import os
-    old = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
-           torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+def start_from(model: LanguageModel, path: str) -> None:
+    """train.init_from: θ from a state_dict file (a plain state_dict, or a run's
+    model.pt), instead of the seed's initialisation."""
     try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(old[0])
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = old[1], old[2]
-        if old[3] is None:
-            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError) as e:
+        raise UserError(f"train.init_from: cannot read {path!r} ({str(e).splitlines()[0]})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        why = " ".join(line.strip() for line in str(e).splitlines()[1:])[:300] or str(e)
+        raise UserError(f"train.init_from: {path!r} does not fit this model ({why})") from None
+
+
+class NoDecay:
+    """A scheduler that never changes the learning rate (train.lr_decay=1)."""
+
+    def step(self, metric: float) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 @contextmanager
@@ -331,11 +333,19 @@ class Trainer:
         return stats
 
     def train_ppl(self) -> float:
+        return self.train_eval()[1]
+
+    def train_eval(self) -> tuple:
         """SPEC's train_ppl: θ frozen, evaluated like validation over the
-        first train.train_eval_tokens training tokens (all when null)."""
+        first train.train_eval_tokens training tokens (all when null): NLL,
+        ppl, and the authors' weighted NLL, ppl (None without their weights)."""
         n = self.cfg.train.get("train_eval_tokens")
         tokens = self.corpus.train if n is None else self.corpus.train[:n]
-        return evaluate(self.model, tokens, self.cfg.train.eval_batch_size)[1]
+        return evaluate_weighted(self.model, tokens, self.cfg.train.eval_batch_size, self.model.zero_type)
+
+    def weighted(self) -> bool:
+        """train.zero_weight_first_type: the authors' numbers are reported beside the true ones."""
+        return self.model.zero_type is not None
 
     def fit(self) -> tuple[str, Optional[str]]:
         cfg = self.cfg
@@ -351,12 +361,16 @@ class Trainer:
             except torch.cuda.OutOfMemoryError as e:
                 return "failed", f"out of memory: {e}".splitlines()[0]
             seconds = time.perf_counter() - self.epoch_t0
-            valid_nll, valid_ppl = evaluate(self.model, self.corpus.valid, cfg.train.eval_batch_size)
+            valid_nll, valid_ppl, _, valid_ppl_w = evaluate_weighted(
+                self.model, self.corpus.valid, cfg.train.eval_batch_size, self.model.zero_type)
             self.epoch += 1
             self.wall += seconds
-            row = {"epoch": self.epoch, "train_ppl": self.train_ppl(),
+            train = self.train_eval()
+            row = {"epoch": self.epoch, "train_ppl": train[1],
                    "valid_ppl": valid_ppl, "lr": self.theta.opt.param_groups[0]["lr"],
                    "tokens_per_s": stats.pop("tokens") / seconds, "seconds": seconds}
+            if self.weighted():  # beside the true numbers, under their own names
+                row["train_ppl_tprnn_weighting"], row["valid_ppl_tprnn_weighting"] = train[3], valid_ppl_w
             if "lam" in self.state:
                 row["lam"] = self.state["lam"]
             row.update(stats)
@@ -369,7 +383,7 @@ class Trainer:
                 self.status = "diverged"  # in the checkpoint, so that a kill now keeps it
                 self.checkpoint()  # run() writes the metrics
                 return "diverged", None
-            if valid_ppl < self.best:
+            if valid_ppl < self.best:  # the true number picks the epoch, under any weighting
                 self.best, self.bad_epochs = valid_ppl, 0
                 self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
             else:
@@ -382,11 +396,18 @@ class Trainer:
 
     def result(self, status: str, prov: dict) -> dict:
         cfg, corpus = self.cfg, self.corpus
-        test_ppl = None
+        test_ppl = test_ppl_w = None
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
-            test_ppl = evaluate(self.model, corpus.test, cfg.train.eval_batch_size)[1]
+            _, test_ppl, _, test_ppl_w = evaluate_weighted(self.model, corpus.test, cfg.train.eval_batch_size,
+                                                           self.model.zero_type)
         best_row = min(self.history, key=lambda r: r["valid_ppl"], default=None)
+        weighting = {}
+        if self.weighted():  # the authors' numbers of the same model, never in place of the true ones (SPEC §6)
+            weighting = {"best_valid_ppl_tprnn_weighting": None if best_row is None
+                         else best_row["valid_ppl_tprnn_weighting"],
+                         "test_ppl_tprnn_weighting": test_ppl_w,
+                         "tprnn_weighting_type": self.model.zero_type}
         tokens = sum(r["tokens_per_s"] * r["seconds"] for r in self.history)
         return {
             "status": status,
@@ -396,6 +417,7 @@ class Trainer:
             "epochs": self.epoch,
             "wall_s": self.wall,  # seconds of training, evaluation not included
             "train_tokens_per_s": tokens / self.wall if self.wall else None,
+            **weighting,
             "config": self.config,
             **prov,
         }

@@ -7,7 +7,7 @@ config schema (run/schema.py) and `--help` load no torch.
 """
 from dataclasses import dataclass
 
-from ..registry import MethodConf
+from ..registry import MethodConf, added
 
 
 @dataclass
@@ -26,3 +26,8 @@ class BTPropConf(MethodConf):
     u_lr: float = 0.1
     u_start_epoch: int = 3
     chunk_blocks: int = 512
+    # The authors' rules (SPEC §6, variant=tprnn), each its own key; the
+    # defaults are SPEC §1's, so a run without them computes what it did.
+    slots: str = added("fixed_first")        # fixed_first | all_free (n+1 free slots)
+    dual_update: str = added("scaled")       # scaled | tprnn (ascent on J/n, order per §6)
+    drop_last_block: bool = added(False)     # the epoch's last block never trains

@@ -14,7 +14,7 @@ import torch
 
 from tprop_exp import UserError
 
-from .. import btprop
+from .. import btprop, tprnn
 from ..registry import register_method
 
 if TYPE_CHECKING:
@@ -25,7 +25,24 @@ if TYPE_CHECKING:
 
 def update(model: LanguageModel, theta: ThetaStep | SharedTheta, S: btprop.Blocks, m: Any,
            duals_on: bool) -> dict:
-    """n_h rounds of (joint step, dual step) on the blocks S, in place."""
+    """n_h rounds of (joint step, dual step) on the blocks S, in place; under
+    method.dual_update=tprnn one dual step before the joint steps (after them
+    with tprnn_mb), SPEC §6."""
+    if duals_on and tprnn.dual_first(m):
+        tprnn.dual(model, S, m)
+    scaled = tprnn.rule(m, "dual_update") == "scaled"
+    if m.h_optimizer == "tprnn_adagrad":  # the authors' joint step (SPEC §6)
+        stats, taken = tprnn.joint_steps(model, theta, S, m, dual_each=duals_on and scaled)
+    else:
+        stats, taken = joint_steps(model, theta, S, m, dual_each=duals_on and scaled)
+    if duals_on and tprnn.dual_last(m):
+        tprnn.dual(model, S, m)
+    return btprop.measure(model, S, stats, taken)
+
+
+def joint_steps(model: LanguageModel, theta: ThetaStep | SharedTheta, S: btprop.Blocks, m: Any,
+                dual_each: bool) -> tuple[dict, torch.Tensor]:
+    """SPEC §1's joint steps: H on ∇J, θ on ∇(J/n); `dual_each`: a dual step after each."""
     h_opt = btprop.H_OPTIMIZERS[m.h_optimizer]([S.H], lr=m.h_lr)
     active = torch.ones((), device=S.H.device, dtype=S.H.dtype)
     taken = torch.zeros((), device=S.H.device)
@@ -38,11 +55,12 @@ def update(model: LanguageModel, theta: ThetaStep | SharedTheta, S: btprop.Block
         theta.unscale(S.H.grad).mul_(S.n)  # J, not J / n, for H
         # θ's step first (it reads none of H): False when the fp16 scaler skipped it
         if theta.step() and finite(S, theta):
-            active = btprop.masked_step(h_opt, S.H, active, m.h_tol, m.h_clip, S.comm)
+            active = btprop.masked_step(h_opt, S.H, active, m.h_tol, m.h_clip, S.comm,
+                                        fixed_first=not S.free_first)
             taken += active
-        if duals_on:
+        if dual_each:
             btprop.dual_step(model, S, m.u_lr)
-    return btprop.measure(model, S, stats, taken)
+    return stats, taken
 
 
 def finite(S: btprop.Blocks, theta: ThetaStep | SharedTheta) -> bool:

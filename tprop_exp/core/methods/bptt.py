@@ -59,7 +59,7 @@ def train_epoch(model: LanguageModel, theta: ThetaStep | SharedTheta, stream: to
         theta.zero_grad()
     for i in range(start, nw):  # progress: the trainer, through on_update
         logits, h = model(x[i], h)
-        loss = mean_nll(logits, y[i])
+        loss = mean_nll(logits, y[i], model.zero_type)
         nll_sum += loss.detach().double()
         h = detach(h)
         if mode == "minibatch":
