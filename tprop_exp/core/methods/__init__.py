@@ -7,7 +7,7 @@ config schema (run/schema.py) and `--help` load no torch.
 """
 from dataclasses import dataclass
 
-from ..registry import MethodConf
+from ..registry import MethodConf, added
 
 
 @dataclass
@@ -26,3 +26,9 @@ class BTPropConf(MethodConf):
     u_lr: float = 0.1
     u_start_epoch: int = 3
     chunk_blocks: int = 512
+    # SPEC §7, constrained h-optimisation: the variable the h-steps move, and
+    # the constraint term (l2: the quadratic penalty; kl: μ·KL between the
+    # next-token distributions from F_b and from H_{b+1}; l2+kl: both).
+    h_param: str = added("free")
+    penalty: str = added("l2")
+    kl_weight: float = added(0.0)

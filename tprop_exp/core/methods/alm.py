@@ -15,6 +15,7 @@ import torch
 from tprop_exp import UserError
 
 from .. import btprop
+from ..constrained import HVar
 from ..registry import register_method
 
 if TYPE_CHECKING:
@@ -26,17 +27,20 @@ if TYPE_CHECKING:
 def update(model: LanguageModel, theta: ThetaStep | SharedTheta, S: btprop.Blocks, m: Any,
            duals_on: bool) -> dict:
     """n_h rounds of (joint step, dual step) on the blocks S, in place."""
-    h_opt = btprop.H_OPTIMIZERS[m.h_optimizer]([S.H], lr=m.h_lr)
+    var = HVar(model, S, m.get("h_param", "free"))  # H moves as S.H or through tanh's Z
+    h_opt = btprop.H_OPTIMIZERS[m.h_optimizer]([var.leaf], lr=m.h_lr)
     active = torch.ones((), device=S.H.device, dtype=S.H.dtype)
     taken = torch.zeros((), device=S.H.device)
     stats = None
     for _ in range(m.h_steps):
-        S.H.grad = None
+        var.leaf.grad = None
         theta.zero_grad()
-        s = btprop.objective(model, S, backward=lambda J: theta.backward(J / S.n, extra=[S.H]))
+        s = btprop.objective(model, var.blocks(S), backward=lambda J: theta.backward(J / S.n, extra=[var.target]))
         stats = s if stats is None else {**stats, "last": s["last"]}
-        theta.unscale(S.H.grad).mul_(S.n)  # J, not J / n, for H
-        active = btprop.masked_step(h_opt, S.H, active, m.h_tol, m.h_clip, S.comm)
+        theta.unscale(var.target.grad).mul_(S.n)  # J, not J / n, for H
+        var.pull()
+        active = btprop.masked_step(h_opt, var.leaf, active, m.h_tol, m.h_clip, S.comm)
+        var.write(S)
         theta.step()
         taken += active
         if duals_on:
