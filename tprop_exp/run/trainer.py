@@ -323,6 +323,7 @@ class Trainer:
             "epochs": self.epoch,
             "wall_s": self.wall,  # seconds of training, evaluation not included
             "train_tokens_per_s": tokens / self.wall if self.wall else None,
+            "world": 1 if self.comm is None else self.comm.world,  # processes that trained it
             "config": self.config,
             **prov,
         }
