@@ -20,7 +20,7 @@ STAMP := $(BIN)/.tprop_exp-installed
 RUN := $(PY) -m tprop_exp
 REPORT := $(PY) -m tprop_exp.report
 
-.PHONY: help setup demo test test-all bench bench-scaling plan dist bench-dist table1 table2 table3 figure methods all-tables clean
+.PHONY: help setup demo test test-all bench bench-scaling plan dist bench-dist table1 table2 table3 figure methods all-tables constrained h-sensitivity clean
 .DEFAULT_GOAL := help
 
 help:  ## list the targets and settings (installs nothing)
@@ -91,6 +91,17 @@ figure: ## the figure: perplexity against hidden size
 methods: ## BPTT, ADMM, ALM and the penalty method side by side
 table1 table2 table3 figure methods: $(STAMP)
 	$(RUN) -m experiment=$(EXP) profile=$(PROFILE) $(SEEDS_ARG) $(LAUNCHER)
+	$(REPORT) sweeps/$(EXP)/$(PROFILE) --out $(OUT)
+
+# SPEC §7: beyond the paper. h-sensitivity runs its grid, then its references
+# (BPTT and n_h=0, which do not depend on the grid) once per cell, into one sweep folder.
+constrained: EXP = constrained
+constrained: ## BTPROP free / tanh / KL / both against BPTT across hidden sizes (SPEC §7)
+h-sensitivity: EXP = h_sensitivity
+h-sensitivity: ## mini-batch ADMM over a grid of h_lr and h_optimizer, against n_h=0 and BPTT (SPEC §7)
+constrained h-sensitivity: $(STAMP)
+	$(RUN) -m experiment=$(EXP) profile=$(PROFILE) $(SEEDS_ARG) $(LAUNCHER)
+	$(if $(filter h_sensitivity,$(EXP)),$(RUN) -m experiment=h_sensitivity_ref profile=$(PROFILE) $(SEEDS_ARG) $(LAUNCHER))
 	$(REPORT) sweeps/$(EXP)/$(PROFILE) --out $(OUT)
 
 all-tables: table1 table2 table3 figure methods  ## every table and the figure, then the claims
