@@ -99,6 +99,7 @@ constrained: EXP = constrained
 constrained: ## BTPROP free / tanh / KL / both against BPTT across hidden sizes (SPEC §7)
 h-sensitivity: EXP = h_sensitivity
 h-sensitivity: ## mini-batch ADMM over a grid of h_lr and h_optimizer, against n_h=0 and BPTT (SPEC §7)
+constrained h-sensitivity: SEEDS_ARG = seeds=$(or $(SEEDS),3)
 constrained h-sensitivity: $(STAMP)
 	$(RUN) -m experiment=$(EXP) profile=$(PROFILE) $(SEEDS_ARG) $(LAUNCHER)
 	$(if $(filter h_sensitivity,$(EXP)),$(RUN) -m experiment=h_sensitivity_ref profile=$(PROFILE) $(SEEDS_ARG) $(LAUNCHER))

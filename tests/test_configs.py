@@ -14,6 +14,9 @@ from tprop_exp.run.schema import validate
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF) / "experiment").glob("*.yaml"))
 PAPER = ["table1_main", "table2_regularization", "table3_minibatch", "figure_hidden", "methods"]
+# SPEC §7's sweeps are large products (every point composed takes minutes): `slow` here;
+# test_beyond_sweeps_compose checks every value of every key in the fast suite.
+BEYOND = {"constrained": "constrained", "h_sensitivity": "h_sensitivity", "h_sensitivity_ref": "h_sensitivity"}
 
 
 def test_every_paper_experiment_exists():
@@ -29,13 +32,14 @@ def sweep_of(cfg):
 
 
 @pytest.mark.parametrize("profile", ["sample", "paper"])
-@pytest.mark.parametrize("name", EXPERIMENTS)
+@pytest.mark.parametrize("name", [pytest.param(e, marks=pytest.mark.slow) if e in BEYOND else e
+                                  for e in EXPERIMENTS])
 def test_experiment_composes(name, profile):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("config", overrides=[f"experiment={name}", f"profile={profile}"],
                       return_hydra_config=True)
         sweep = sweep_of(cfg)
-        assert cfg.name == name
+        assert cfg.name == BEYOND.get(name, name)
         # Every point of the sweep composes into a valid run config.
         for point in itertools.product(*([f"{k}={v}" for v in vs] for k, vs in sweep.items())):
             run = compose("config", overrides=[f"experiment={name}", f"profile={profile}", *point])
@@ -66,7 +70,30 @@ def test_seeds_key_expands_to_seed_list():
 
 
 ROWS = [("bptt", "bptt", 0), ("h0", "admm", 0), ("h1", "admm", 1), ("h5", "admm", 5),
-        ("admm", "admm", 5), ("alm", "alm", 5), ("penalty", "penalty", 5)]
+        ("admm", "admm", 5), ("alm", "alm", 5), ("penalty", "penalty", 5),
+        ("h1_tanh", "admm", 1), ("h1_kl", "admm", 1), ("h1_tanh_kl", "admm", 1)]
+
+
+@pytest.mark.parametrize("name", sorted(BEYOND))
+def test_beyond_sweeps_compose(name):
+    """Every value of every swept key (the others at their first value) composes and validates."""
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        sweep = sweep_of(compose("config", overrides=[f"experiment={name}"], return_hydra_config=True))
+        first = {k: vs[0] for k, vs in sweep.items()}
+        for k, vs in sweep.items():
+            for v in vs[1:]:
+                validate(compose("config", overrides=[f"experiment={name}",
+                                                      *(f"{a}={b}" for a, b in {**first, k: v}.items())]))
+    if name == "constrained":
+        assert set(sweep["row"]) == {"bptt", "h1", "h1_tanh", "h1_kl", "h1_tanh_kl"}
+        assert len(sweep["arch.hidden_size"]) >= 3
+    elif name == "h_sensitivity":
+        lrs = [float(v) for v in sweep["method.h_lr"]]
+        assert min(lrs) <= 0.1 and max(lrs) >= 10 and 1.0 in lrs  # a decade each side of 1.0
+        assert set(sweep["method.h_optimizer"]) >= {"sgd", "adagrad"} and set(sweep["row"]) == {"h1", "h5"}
+        assert len(sweep["method.block_size"]) == 2 and len(sweep["dataset"]) == 2
+    else:
+        assert set(sweep["row"]) == {"bptt", "h0"}
 
 
 def test_rows_select_the_method():
