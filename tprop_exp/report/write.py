@@ -164,7 +164,8 @@ def table_markdown(name, runs, used, layout, tables, command, note="", figures=N
                   "Per cell: the training seconds (evaluation not included) and tokens, summed "
                   "over epochs from metrics.jsonl, at the first epoch whose validation perplexity "
                   "is at or below BPTT's best (the lowest BPTT cell mean of the same dataset and "
-                  "K / hidden size); the mean over the seeds that reached it, or \"not reached\". "
+                  "K / hidden size, over one process where there is one; up to a relative 1e-6 "
+                  "of rounding); the mean over the seeds that reached it, or \"not reached\". "
                   "Measured on the devices named in the table; runs over several processes "
                   "(`make dist`) are cells of their own.", "",
                   timing.to_markdown(index=False, disable_numparse=True), ""]
