@@ -93,6 +93,11 @@ def time_figure(runs, summary, keys, title):
     hist = cumulative(done)
     if done.empty or hist.empty:
         return None
+    ctx = [c for c in CONTEXT[1:] if c in done and done[c].notna().any() and c in keys]
+    if ctx:  # one line per cell and K / hidden size / ...: the label lacks them
+        done["cell"] = done["cell"] + done[ctx].apply(
+            lambda r: " · " + ", ".join(f"{c}={v:g}" if isinstance(v, float) else f"{c}={v}"
+                                        for c, v in r.items()), axis=1)
     hist = hist.merge(done[["run_dir", "cell", "dataset"]], on="run_dir")
     datasets = sorted(hist["dataset"].dropna().unique())
     fig, axes = plt.subplots(len(datasets), 2, figsize=(12, 4 * len(datasets)), squeeze=False,
