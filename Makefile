@@ -22,7 +22,7 @@ BASE := $(BIN)/.tprop_exp-base
 RUN := $(PY) -m tprop_exp
 REPORT := $(PY) -m tprop_exp.report
 
-.PHONY: help setup demo test test-all battery bench bench-scaling plan dist bench-dist table1 table2 table3 figure methods all-tables authors ablation clean
+.PHONY: help setup demo test test-all battery bench bench-scaling plan dist bench-dist table1 table2 table3 figure methods all-tables authors ablation constrained h-sensitivity clean
 .DEFAULT_GOAL := help
 
 help:  ## list the targets and settings (installs nothing)
@@ -118,6 +118,18 @@ ablation: $(STAMP)  ## which of the authors' rules moves the numbers (results/ab
 	$(RUN) -m experiment=ablation profile=sample $(SEEDS_ARG) $(LAUNCHER)
 	$(RUN) -m experiment=ablation_batch profile=sample $(SEEDS_ARG) $(LAUNCHER)
 	$(REPORT) sweeps/ablation/sample sweeps/ablation_batch/sample --out results
+
+# SPEC §7: beyond the paper. h-sensitivity runs its grid, then its references
+# (BPTT and n_h=0, which do not depend on the grid) once per cell, into one sweep folder.
+constrained: EXP = constrained
+constrained: ## BTPROP free / tanh / KL / both against BPTT across hidden sizes (SPEC §7)
+h-sensitivity: EXP = h_sensitivity
+h-sensitivity: ## mini-batch ADMM over a grid of h_lr and h_optimizer, against n_h=0 and BPTT (SPEC §7)
+constrained h-sensitivity: SEEDS_ARG = seeds=$(or $(SEEDS),3)
+constrained h-sensitivity: $(STAMP)
+	$(RUN) -m experiment=$(EXP) profile=$(PROFILE) $(SEEDS_ARG) $(LAUNCHER)
+	$(if $(filter h_sensitivity,$(EXP)),$(RUN) -m experiment=h_sensitivity_ref profile=$(PROFILE) $(SEEDS_ARG) $(LAUNCHER))
+	$(REPORT) sweeps/$(EXP)/$(PROFILE) --out $(OUT)
 
 all-tables: table1 table2 table3 figure methods  ## every table and the figure, then the claims
 	$(REPORT) $(foreach e,table1_main table2_regularization table3_minibatch figure_hidden methods,sweeps/$(e)/$(PROFILE)) --out $(OUT)

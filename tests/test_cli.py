@@ -27,7 +27,7 @@ TINY = ["arch.hidden_size=8", "train.train_tokens=20000", "train.max_epochs=2",
         "train.eval_batch_size=4", "dataset=sample_chars"]
 ADMM = ["method=admm", "method.h_steps=2", "method.u_start_epoch=1"]
 RESULT_KEYS = {"status", "best_valid_ppl", "test_ppl", "train_ppl", "epochs", "wall_s",
-               "train_tokens_per_s", "config", "commit", "torch", "device", "command"}
+               "train_tokens_per_s", "config", "commit", "torch", "device", "command", "world"}
 ROW_KEYS = {"epoch", "train_ppl", "valid_ppl", "tokens_per_s", "seconds"}
 BTPROP_KEYS = {"ce", "penalty", "residual", "dual_norm", "h_steps"}
 TIMING = {"tokens_per_s", "seconds"}

@@ -14,6 +14,9 @@ from tprop_exp.run.schema import validate
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF) / "experiment").glob("*.yaml"))
 PAPER = ["table1_main", "table2_regularization", "table3_minibatch", "figure_hidden", "methods"]
+# SPEC §7's sweeps are large products (every point composed takes minutes): `slow` here;
+# test_beyond_sweeps_compose checks every value of every key in the fast suite.
+BEYOND = {"constrained": "constrained", "h_sensitivity": "h_sensitivity", "h_sensitivity_ref": "h_sensitivity"}
 
 
 def test_every_paper_experiment_exists():
@@ -29,7 +32,8 @@ def sweep_of(cfg):
 
 
 @pytest.mark.parametrize("profile", ["sample", "paper"])
-@pytest.mark.parametrize("name", EXPERIMENTS)
+@pytest.mark.parametrize("name", [pytest.param(e, marks=pytest.mark.slow) if e in BEYOND else e
+                                  for e in EXPERIMENTS])
 def test_experiment_composes(name, profile):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("config", overrides=[f"experiment={name}", f"profile={profile}"],
@@ -37,7 +41,7 @@ def test_experiment_composes(name, profile):
         sweep = sweep_of(cfg)
         if "train.seed" in sweep:  # a seed changes no composition: one is enough to check
             sweep["train.seed"] = sweep["train.seed"][:1]
-        assert cfg.name == name
+        assert cfg.name == BEYOND.get(name, name)
         # Every point of the sweep composes into a valid run config; a sweep over
         # the variants (the ablation): every other point with the first variant, and
         # every variant with the first other point.
@@ -75,7 +79,30 @@ def test_seeds_key_expands_to_seed_list():
 
 ROWS = [("bptt", "bptt", 0), ("h0", "admm", 0), ("h1", "admm", 1), ("h5", "admm", 5),
         ("admm", "admm", 5), ("alm", "alm", 5), ("penalty", "penalty", 5),
-        ("authors_admm", "admm", 10), ("authors_alm", "alm", 5), ("authors_penalty", "penalty", 10)]
+        ("authors_admm", "admm", 10), ("authors_alm", "alm", 5), ("authors_penalty", "penalty", 10),
+        ("h1_tanh", "admm", 1), ("h1_kl", "admm", 1), ("h1_tanh_kl", "admm", 1)]
+
+
+@pytest.mark.parametrize("name", sorted(BEYOND))
+def test_beyond_sweeps_compose(name):
+    """Every value of every swept key (the others at their first value) composes and validates."""
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        sweep = sweep_of(compose("config", overrides=[f"experiment={name}"], return_hydra_config=True))
+        first = {k: vs[0] for k, vs in sweep.items()}
+        for k, vs in sweep.items():
+            for v in vs[1:]:
+                validate(compose("config", overrides=[f"experiment={name}",
+                                                      *(f"{a}={b}" for a, b in {**first, k: v}.items())]))
+    if name == "constrained":
+        assert set(sweep["row"]) == {"bptt", "h1", "h1_tanh", "h1_kl", "h1_tanh_kl"}
+        assert len(sweep["arch.hidden_size"]) >= 3
+    elif name == "h_sensitivity":
+        lrs = [float(v) for v in sweep["method.h_lr"]]
+        assert min(lrs) <= 0.1 and max(lrs) >= 10 and 1.0 in lrs  # a decade each side of 1.0
+        assert set(sweep["method.h_optimizer"]) >= {"sgd", "adagrad"} and set(sweep["row"]) == {"h1", "h5"}
+        assert len(sweep["method.block_size"]) == 2 and len(sweep["dataset"]) == 2
+    else:
+        assert set(sweep["row"]) == {"bptt", "h0"}
 
 
 def test_rows_select_the_method():

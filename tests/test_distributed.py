@@ -26,6 +26,11 @@ CASES = [
     ("penalty-zero-init", "gru", dict(name="penalty", init="zero", h_steps=2, theta_steps=2), 1),
     ("admm", "gru", dict(name="admm", h_steps=2, u_lr=0.5, lam_mult=2.0), 2),
     ("alm", "lstm", dict(name="alm", h_steps=2, u_lr=0.5), 1),
+    # SPEC §7: tanh moves Z (its ghost row too), the KL term crosses the boundary as the λ term does
+    ("admm-tanh-kl", "lstm", dict(name="admm", h_steps=2, h_param="tanh", penalty="l2+kl",
+                                  kl_weight=0.7, u_lr=0.5), 1),
+    ("penalty-tanh-kl", "rnn", dict(name="penalty", h_steps=2, h_optimizer="adagrad", h_param="tanh",
+                                    penalty="kl", kl_weight=1.3), 1),
 ]
 N = 3 * 22 + 1  # 22 blocks of 3
 

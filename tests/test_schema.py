@@ -198,6 +198,10 @@ CONFIG_BAD = [  # (overrides, words the one line must hold): composed and checke
     (["dataset.train_frac=0.99"], ["dataset.valid_frac", "0.05"]),
     (["method.lam_mult=inf"], ["method.lam_mult", "inf"]),
     (["train.lr_decay=nan"], ["train.lr_decay", "nan"]),
+    (["method=admm", "method.h_param=sigmoid"], ["method.h_param", "sigmoid", "tanh"]),
+    (["method=admm", "method.penalty=l1"], ["method.penalty", "l1", "l2+kl"]),
+    (["method=admm", "method.kl_weight=-1"], ["method.kl_weight", "-1"]),
+    (["method=admm", "method.penalty=kl"], ["method.penalty", "kl", "admm"]),
 ]
 
 

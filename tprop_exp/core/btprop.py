@@ -34,6 +34,7 @@ penalty.py, admm.py, alm.py); this module holds the objective and the steps.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -43,6 +44,7 @@ import torch
 from tprop_exp import UserError
 from tprop_exp.data.corpora import windows
 
+from .constrained import HVar, constraint, kl_term
 from .model import token_nll
 from .methods import BTPropConf
 from .registry import Method
@@ -76,6 +78,13 @@ class Blocks:
     comm: object = None
     # method.slots=all_free (SPEC §6): H has n+1 rows, u has n, and H_1 moves too.
     free_first: bool = False
+    # SPEC §7's constraint term (method.penalty, method.kl_weight μ): with "kl"
+    # in it, J has μ·Σ_b KL(p(·|F_b) ‖ p(·|H_{b+1})); without "l2", no λ term.
+    # x_next: the first input of each block with a successor (the rows H[1:]);
+    # None: x[0, 1:], the blocks of S (distributed.py passes the ghost's too).
+    penalty: str = "l2"
+    mu: float = 0.0
+    x_next: Optional[torch.Tensor] = None
 
     @property
     def n(self) -> int:
@@ -94,15 +103,19 @@ def blocks(stream: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def chunk_terms(model: LanguageModel, x: torch.Tensor, y: torch.Tensor, H: torch.Tensor,
-                H_next: torch.Tensor, u: torch.Tensor, lam: float
+                H_next: torch.Tensor, u: torch.Tensor, lam: float, mu: float = 0.0,
+                x_next: Optional[torch.Tensor] = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One chunk's terms: x, y (K, c); H (c, S); H_next, u (m, S), m ≤ c the
-    blocks with a successor. Fixed shapes: `compile` may compile it."""
+    blocks with a successor; x_next (m,) their successors' first inputs, given
+    when J has the KL term. Fixed shapes: `compile` may compile it."""
     logits, Fs = model(x, model.unflat_state(H))
     Fb = model.flat_state(Fs)                                       # F_b(H_b; θ)
     ce = token_nll(logits, y, model.zero_type).mean(0).sum()        # Σ_b CE_b, CE_b = (1/K) Σ_t NLL_t
     diff = Fb[:H_next.shape[0]] - H_next                            # F_b − H_{b+1}
     pen = 0.5 * lam * (diff + u).pow(2).sum()                       # Σ_b (λ/2)||F_b + u_b − H_{b+1}||²
+    if x_next is not None:
+        pen = pen + mu * kl_term(model, Fb[:H_next.shape[0]], H_next, x_next)
     return ce, pen, diff.norm(dim=1).sum(), Fb[-1:]
 
 
@@ -124,10 +137,15 @@ def objective(model: LanguageModel, S: Blocks,
     final state (the carry into the next mini-batch).
     """
     terms = []
+    lam = S.lam if "l2" in S.penalty else 0.0                       # method.penalty=kl: no λ term
+    x_next = None
+    if "kl" in S.penalty:
+        x_next = S.x[0, 1:] if S.x_next is None else S.x_next
     for i, j in S.chunks():
         m = min(j, S.H.shape[0] - 1) - i                            # blocks with a successor
+        kl = {} if x_next is None else {"mu": S.mu, "x_next": x_next[i:i + m]}
         ce, pen, res, last = TERMS["fn"](model, S.x[:, i:j], S.y[:, i:j], S.H[i:j],
-                                         S.H[i + 1:i + 1 + m], S.u[i:i + m], S.lam)
+                                         S.H[i + 1:i + 1 + m], S.u[i:i + m], lam, **kl)
         if backward is not None:
             backward(ce + pen)                                      # J of the chunk
         terms.append(torch.stack([ce, pen, res]).detach())
@@ -203,13 +221,16 @@ def h_steps(model: LanguageModel, S: Blocks, m: Any) -> torch.Tensor:
     if m.h_optimizer == "tprnn_adagrad":  # the authors' rule (SPEC §6)
         from . import tprnn
         return tprnn.h_steps(model, S, m)
-    opt = H_OPTIMIZERS[m.h_optimizer]([S.H], lr=m.h_lr)
+    var = HVar(model, S, m.get("h_param", "free") if m.h_steps else "free")  # S.H or tanh's Z
+    opt = H_OPTIMIZERS[m.h_optimizer]([var.leaf], lr=m.h_lr)
     active = torch.ones((), device=S.H.device, dtype=S.H.dtype)
     taken = torch.zeros((), device=S.H.device)
     for _ in range(m.h_steps):
-        S.H.grad = None
-        objective(model, S, backward=lambda J: J.backward(inputs=[S.H]))
-        active = masked_step(opt, S.H, active, m.h_tol, m.h_clip, S.comm, fixed_first=not S.free_first)
+        var.leaf.grad = None
+        objective(model, var.blocks(S), backward=lambda J: J.backward(inputs=[var.target]))
+        var.pull()
+        active = masked_step(opt, var.leaf, active, m.h_tol, m.h_clip, S.comm, fixed_first=not S.free_first)
+        var.write(S)
         taken += active
     return taken
 
@@ -220,7 +241,7 @@ def theta_steps(model: LanguageModel, theta: ThetaStep | SharedTheta, S: Blocks,
     The terms reported are those of the first step (θ as it came to this
     update, like BPTT's loss); the carry is the last step's F_n.
     """
-    stats, fixed = None, Blocks(S.x, S.y, S.H.detach(), S.u, S.lam, S.chunk)  # H fixed: no ∂/∂H
+    stats, fixed = None, dataclasses.replace(S, H=S.H.detach(), comm=None)  # H fixed: no ∂/∂H
     for _ in range(m.theta_steps):
         theta.zero_grad()
         s = objective(model, fixed, backward=lambda J: theta.backward(J / S.n))
@@ -241,7 +262,7 @@ def measure(model: LanguageModel, S: Blocks, stats: Optional[dict], taken: torch
     """The update's terms (the first θ-step's, or with none, J as it stands) and h-steps taken."""
     if stats is None:  # no θ-steps: measure the objective as it stands
         with torch.no_grad():
-            stats = objective(model, Blocks(S.x, S.y, S.H.detach(), S.u, S.lam, S.chunk))
+            stats = objective(model, dataclasses.replace(S, H=S.H.detach(), comm=None))
     stats["h_steps"] = taken
     return stats
 
@@ -285,7 +306,8 @@ def train_epoch(model: LanguageModel, theta: ThetaStep | SharedTheta, stream: to
         if state.get("H") is None or tprnn.restarts(m):  # the authors' "batch": restart every epoch
             state["H"] = tprnn.init_slots(model, x, h0, m).detach()
             state["u"] = torch.zeros(state["H"].shape[0] - 1, model.state_size, dtype=h0.dtype, device=device)
-        S = Blocks(x, y, state["H"].requires_grad_(True), state["u"], lam, m.chunk_blocks, free_first=free)
+        S = Blocks(x, y, state["H"].requires_grad_(True), state["u"], lam, m.chunk_blocks,
+                   free_first=free, **constraint(m))
         sums = update(model, theta, S, m, duals_on)
         state["H"] = S.H.detach()
         n_updates, n_constraints = 1, state["u"].shape[0]
@@ -299,7 +321,7 @@ def train_epoch(model: LanguageModel, theta: ThetaStep | SharedTheta, stream: to
             xb, yb = x[:, starts[k]:starts[k] + B], y[:, starts[k]:starts[k] + B]
             H = tprnn.init_slots(model, xb, carry, m)
             u = torch.zeros(H.shape[0] - 1, model.state_size, dtype=h0.dtype, device=device)
-            S = Blocks(xb, yb, H, u, lam, m.chunk_blocks, free_first=free)
+            S = Blocks(xb, yb, H, u, lam, m.chunk_blocks, free_first=free, **constraint(m))
             s = update(model, theta, S, m, duals_on)
             s["dual"] = u.norm(dim=1).sum()
             carry = s.pop("last")

@@ -286,6 +286,7 @@ def batch_btprop_epoch(c: Comm, model: LanguageModel, theta: SharedTheta, stream
         raise UserError(f"the training split ({len(stream)} tokens) is shorter than two blocks "
                         f"of {m.block_size} (method.block_size)")
     a, b = share(nb, c.rank, c.world)
+    x_next = x[0, a + 1:b + 1]  # the first inputs of this range's successors, the ghost's too
     x, y, c.nb = x[:, a:b], y[:, a:b], nb
     right = c.rank < c.world - 1
     lam = state.setdefault("lam", float(m.lam))
@@ -294,7 +295,8 @@ def batch_btprop_epoch(c: Comm, model: LanguageModel, theta: SharedTheta, stream
     if state.get("H") is None:
         state["H"] = init_states(c, model, x, m.init)
         state["u"] = torch.zeros(b - a - (not right), model.state_size, dtype=state["H"].dtype, device=device)
-    S = btprop.Blocks(x, y, state["H"].requires_grad_(True), state["u"], lam, m.chunk_blocks, comm=c)
+    S = btprop.Blocks(x, y, state["H"].requires_grad_(True), state["u"], lam, m.chunk_blocks, comm=c,
+                      **btprop.constraint(m), x_next=x_next)
     theta.scale = (b - a) / nb
     sums = update(model, theta, S, m, duals_on)
     state["H"] = S.H.detach()

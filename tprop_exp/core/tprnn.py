@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from . import btprop
+from .constrained import HVar
 
 if TYPE_CHECKING:
     from .model import LanguageModel
@@ -89,17 +90,20 @@ def init_slots(model: LanguageModel, x: torch.Tensor, carry: torch.Tensor, m: An
 def h_steps(model: LanguageModel, S: btprop.Blocks, m: Any) -> torch.Tensor:
     """method.h_optimizer=tprnn_adagrad: at most n_h Adagrad steps on ∇(J/n),
     stopping after the first step whose ‖∇(J/n)‖ is below h_tol."""
-    opt = Adagrad([S.H], lr=m.h_lr)
+    var = HVar(model, S, m.get("h_param", "free"))  # S.H, or Z under method.h_param=tanh (SPEC §7)
+    opt = Adagrad([var.leaf], lr=m.h_lr)
     taken = 0
     for _ in range(m.h_steps):
-        S.H.grad = None
-        btprop.objective(model, S, backward=lambda J: (J / S.n).backward(inputs=[S.H]))
+        var.leaf.grad = None
+        btprop.objective(model, var.blocks(S), backward=lambda J: (J / S.n).backward(inputs=[var.target]))
+        var.pull()
         if not S.free_first:
-            S.H.grad[0] = 0  # H_1 is fixed
-        norm = float(torch.linalg.vector_norm(S.H.grad))
+            var.leaf.grad[0] = 0  # H_1 is fixed
+        norm = float(torch.linalg.vector_norm(var.leaf.grad))
         if m.h_clip > 0:
-            torch.nn.utils.clip_grad_norm_([S.H], m.h_clip)
+            torch.nn.utils.clip_grad_norm_([var.leaf], m.h_clip)
         opt.step()
+        var.write(S)
         taken += 1
         if norm < m.h_tol:
             break
@@ -112,20 +116,23 @@ def joint_steps(model: LanguageModel, theta: ThetaStep, S: btprop.Blocks, m: Any
     Adagrad rule (restarted), θ by the run's optimizer; stop after the first
     step with √(‖g_S‖² + ‖g_θ‖²) below h_tol. `dual_each`: the textbook dual
     step after every joint step (method.dual_update=scaled)."""
-    opt = Adagrad([S.H], lr=m.h_lr)
+    var = HVar(model, S, m.get("h_param", "free"))  # S.H, or Z under method.h_param=tanh (SPEC §7)
+    opt = Adagrad([var.leaf], lr=m.h_lr)
     stats, taken = None, 0
     for _ in range(m.h_steps):
-        S.H.grad = None
+        var.leaf.grad = None
         theta.zero_grad()
-        s = btprop.objective(model, S, backward=lambda J: theta.backward(J / S.n, extra=[S.H]))
+        s = btprop.objective(model, var.blocks(S), backward=lambda J: theta.backward(J / S.n, extra=[var.target]))
         stats = s if stats is None else {**stats, "last": s["last"]}
-        theta.unscale(S.H.grad)
+        theta.unscale(var.target.grad)
+        var.pull()
         if not S.free_first:
-            S.H.grad[0] = 0
+            var.leaf.grad[0] = 0
         g = [p.grad for p in theta.params if p.grad is not None]
         g_theta = theta.unscale(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in g])))
-        norm = float(torch.sqrt(torch.linalg.vector_norm(S.H.grad) ** 2 + g_theta ** 2))
+        norm = float(torch.sqrt(torch.linalg.vector_norm(var.leaf.grad) ** 2 + g_theta ** 2))
         opt.step()
+        var.write(S)
         theta.step()
         taken += 1
         if dual_each:

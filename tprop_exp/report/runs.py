@@ -17,8 +17,12 @@ SHORT = {
     "h_steps": "config.method.h_steps", "hidden": "config.arch.hidden_size",
     "batch_size": "config.train.batch_size", "seed": "config.train.seed",
     "rules": "config.rules",  # the variant's label (SPEC §6): textbook, tprnn, only_<rule>
+    "h_param": "config.method.h_param", "penalty": "config.method.penalty",
+    "h_lr": "config.method.h_lr", "h_optimizer": "config.method.h_optimizer",
 }
-NUMERIC = ["K", "h_steps", "hidden", "batch_size", "seed"]
+NUMERIC = ["K", "h_steps", "hidden", "batch_size", "seed", "h_lr"]
+# SPEC §7's keys at the values of runs recorded before them (what those runs computed).
+ADDED = {"h_param": "free", "penalty": "l2"}
 
 
 def load_runs(dirs):
@@ -71,7 +75,10 @@ def load_runs(dirs):
     for c in btprop_only:  # a bool key (e.g. method.drop_last_block) cannot hold None
         if df[c].dtype == bool:
             df[c] = df[c].astype(object)
-    df.loc[bptt, ["h_steps", *btprop_only]] = None
+    for c, default in ADDED.items():
+        df[c] = df[c].fillna(default)
+    df["world"] = pd.to_numeric(df["world"], errors="coerce").fillna(1) if "world" in df else 1  # runs before it: one
+    df.loc[bptt, ["h_steps", *btprop_only, "h_param", "penalty", "h_lr", "h_optimizer"]] = None
     return df
 
 

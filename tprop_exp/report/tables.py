@@ -4,6 +4,7 @@ and the formatted tables (DataFrames of 'mean ± std (n)' text)."""
 import pandas as pd
 
 from .runs import NUMERIC, varying_keys
+from .beyond import variant
 from .stats import fmt_stat
 
 METRICS = {"valid": "best_valid_ppl", "test": "test_ppl", "train": "train_ppl",
@@ -18,6 +19,9 @@ KEYS = {
     "table3_minibatch": ["dataset", "batch_size"],
     "figure_hidden": ["dataset", "hidden", "method", "h_steps"],
     "methods": ["dataset", "mode", "K", "method", "h_steps"],
+    # SPEC §7 (report/beyond.py)
+    "constrained": ["dataset", "hidden", "method", "h_steps", "h_param", "penalty"],
+    "h_sensitivity": ["dataset", "K", "method", "h_steps", "h_optimizer", "h_lr"],
 }
 
 
@@ -47,6 +51,10 @@ def _label(row, name, several_methods, several_h):
     if row["method"] == "bptt":
         return "BPTT (reference)" if name == "methods" else "BPTT"
     h = None if pd.isna(row["h_steps"]) else int(row["h_steps"])
+    if name == "constrained":
+        return f"BTPROP {variant(row)}"
+    if name == "h_sensitivity":
+        return "BTPROP n_h=0" if h == 0 else f"BTPROP n_h={h} {row['h_optimizer']} h_lr={row['h_lr']:g}"
     if name == "methods":
         return row["method"] + (f" (n_h={h})" if several_h.get(row["method"], 0) > 1 else "")
     m = f" {row['method']}" if several_methods else ""
@@ -133,7 +141,9 @@ def make_table(summary, name):
         t = t.reindex(columns=pd.MultiIndex.from_product(
             [sorted(s["dataset"].unique()), [label for _, label in metrics]], names=["dataset", "metric"]))
         return {"": t.sort_index().fillna("–")}
-    if name == "figure_hidden":
+    if name == "h_sensitivity":
+        return {d: _pivot(g, "label", "K") for d, g in s.groupby("dataset", sort=True)}
+    if name in ("figure_hidden", "constrained"):
         t = s.pivot(index="hidden", columns=["dataset", "label"], values="cell").sort_index()
         order = [(d, lab) for d in sorted(s["dataset"].unique()) for lab in dict.fromkeys(s["label"])
                  if (d, lab) in t.columns]

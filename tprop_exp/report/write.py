@@ -53,10 +53,12 @@ from tprop_exp import UserError
 from tprop_exp.run.records import write_text_atomic
 
 from .ablation import ablation_figure, ablation_markdown, ablation_summary
+from .beyond import TABLES as BEYOND, markdown as beyond_markdown, sensitivity_figure
 from .claims import CLAIM_TABLES, claims_markdown, evaluate_claims
 from .plots import curves_figure, diagnostics_figure, hidden_figure, minibatch_figure, save
 from .runs import load_runs, pooled_keys, unique, varying_keys
 from .tables import KEYS, cell_keys, make_table, select, summarise, to_latex, to_markdown
+from .timing import time_figure, time_table
 
 ABOUT = {
     "table1_main": (
@@ -80,6 +82,17 @@ ABOUT = {
     "methods": (
         "Methods: ADMM, ALM and penalty",
         "ADMM, ALM and the penalty method side by side, with BPTT as reference. Columns: K."),
+    "constrained": (
+        "Constrained h-optimisation: hidden size",
+        "Validation perplexity of mini-batch BTPROP (ADMM, one h-step) with free states, "
+        "tanh-bounded states (H = tanh(Z), method.h_param=tanh), the KL term added to the "
+        "penalty (method.penalty=l2+kl), and both, against BPTT, as the hidden size grows "
+        "(SPEC §7; plotted in constrained_hidden.png)."),
+    "h_sensitivity": (
+        "Step-size sensitivity of the h-steps",
+        "Mini-batch ADMM with 1 and 5 h-steps over a grid of method.h_lr and "
+        "method.h_optimizer, against 0 h-steps and BPTT (SPEC §7; plotted in "
+        "h_sensitivity.png). Columns: K."),
 }
 ABLATIONS = ("ablation", "ablation_batch")  # experiment=ablation[_batch]: report/ablation.py
 GENERIC = ("Runs of experiment `{name}`",
@@ -130,7 +143,7 @@ def provenance(runs, command):
     return "\n".join(lines)
 
 
-def table_markdown(name, runs, used, layout, tables, command, note="", figures=None):
+def table_markdown(name, runs, used, layout, tables, command, note="", figures=None, timing=None):
     """The .md of one experiment: `runs` are all its runs (for the provenance),
     `used` those in the `layout`'s tables."""
     title, about = ABOUT.get(name, ABOUT.get(layout, GENERIC))
@@ -151,6 +164,16 @@ def table_markdown(name, runs, used, layout, tables, command, note="", figures=N
     for mark, footnote in FOOTNOTES.items():
         if any(mark in c for c in cells):
             parts += [footnote, ""]
+    if timing is not None:
+        parts += ["## Time to quality", "",
+                  "Per cell: the training seconds (evaluation not included) and tokens, summed "
+                  "over epochs from metrics.jsonl, at the first epoch whose validation perplexity "
+                  "is at or below BPTT's best (the lowest BPTT cell mean of the same dataset and "
+                  "K / hidden size, over one process where there is one; up to a relative 1e-6 "
+                  "of rounding); the mean over the seeds that reached it, or \"not reached\". "
+                  "Measured on the devices named in the table; runs over several processes "
+                  "(`make dist`) are cells of their own.", "",
+                  timing.to_markdown(index=False, disable_numparse=True), ""]
     if figures:
         parts += ["## Figures", ""] + [f"![{about}]({file})" for file, about in figures.items()] + [""]
     return "\n".join(parts)
@@ -159,7 +182,7 @@ def table_markdown(name, runs, used, layout, tables, command, note="", figures=N
 def load_summaries(outdir, suffix=""):
     """{table: summary} from the known tables' CSVs in outdir (`suffix`
     "_tprnn": those run under variant=tprnn)."""
-    paths = {t: Path(outdir) / f"{t}{suffix}.csv" for t in CLAIM_TABLES}
+    paths = {t: Path(outdir) / f"{t}{suffix}.csv" for t in (*CLAIM_TABLES, *BEYOND)}
     return {t: pd.read_csv(p) for t, p in paths.items() if p.exists()}
 
 
@@ -176,6 +199,14 @@ def write_figures(name, layout, runs, summary, outdir):
     if layout == "figure_hidden":
         figures["figure_hidden.png"] = ("Validation perplexity against hidden size", hidden_figure(
             summary, runs, "Validation perplexity against hidden size"))
+    if layout == "constrained":
+        figures["constrained_hidden.png"] = ("Validation perplexity against hidden size, constrained "
+                                             "BTPROP", hidden_figure(summary, runs, title))
+    if layout == "h_sensitivity":
+        figures["h_sensitivity.png"] = ("Validation perplexity against h_lr",
+                                        sensitivity_figure(summary, runs, title))
+    figures[f"{name}_time.png"] = ("Validation perplexity against training seconds and tokens",
+                                   time_figure(runs, summary, keys, f"{title}: time to quality"))
     if layout == "table3_minibatch":
         figures["table3_minibatch.png"] = ("Train and test perplexity against mini-batch size",
                                            minibatch_figure(summary, runs, f"{title}: BPTT"))
@@ -210,7 +241,8 @@ def write_report(runs, outdir, command, echo=False):
         summary = summarise(used, layout)
         figures = write_figures(name, layout, used, summary, outdir)
         tables = make_table(summary, layout)
-        md = table_markdown(name, exp, used, layout, tables, command, note, figures)
+        timing = time_table(used, summary, cell_keys(used, layout))
+        md = table_markdown(name, exp, used, layout, tables, command, note, figures, timing)
         written += [write_text_atomic(outdir / f"{name}.csv", summary.to_csv(index=False)),
                     write_text_atomic(outdir / f"{name}.md", md),
                     write_text_atomic(outdir / f"{name}.tex", to_latex(tables, ABOUT.get(name, GENERIC)[0]
@@ -220,9 +252,15 @@ def write_report(runs, outdir, command, echo=False):
             print(md)
     summaries = load_summaries(outdir)
     if summaries:  # a folder of other experiments only (e.g. the demo) gets no claims.md
-        tprnn = load_summaries(outdir, "_tprnn")  # the same tables under the authors' rules
-        text = claims_markdown(evaluate_claims(summaries), list(summaries), command,
-                               evaluate_claims(tprnn) if tprnn else None)
+        paper = {t: s for t, s in summaries.items() if t in CLAIM_TABLES}
+        tprnn = {t: s for t, s in load_summaries(outdir, "_tprnn").items() if t in CLAIM_TABLES}
+        text = claims_markdown(evaluate_claims(paper), list(summaries), command,
+                               evaluate_claims(tprnn) if tprnn else None) if paper else (
+            f"# Claims, checked against the runs\n\nGenerated by `{command}` from the CSVs in this "
+            "folder; none of the paper's tables is here, so only SPEC §7's verdicts follow "
+            "(their rules use the paper claims' rules: see a claims.md with the paper's tables).\n")
+        text += "\n".join(["", "# Beyond the paper (SPEC §7)", "", *beyond_markdown(summaries)]) \
+            if any(t in summaries for t in BEYOND) else ""
         written.append(write_text_atomic(outdir / "claims.md", text))
         if echo:
             print(text)

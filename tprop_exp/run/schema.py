@@ -260,6 +260,20 @@ def validate(cfg: DictConfig) -> None:
             at_least(f"method.{key}", getattr(m, key), 0)
         positive("method.lam_mult", m.lam_mult)
         authors_rules(m, a)
+        # SPEC §7, constrained h-optimisation (core/constrained.py)
+        from tprop_exp.core import constrained
+        choice("method.h_param", m.h_param, constrained.H_PARAMS)
+        choice("method.penalty", m.penalty, constrained.PENALTIES)
+        at_least("method.kl_weight", m.kl_weight, 0)
+        if m.h_param == "tanh" and a.cell not in ("rnn", "gru", "lstm"):
+            _bad("method.h_param", m.h_param, f"free for the cell {a.cell!r} (tanh knows which "
+                 "coordinates rnn, gru and lstm bound)")
+        if m.penalty == "kl" and m.name in ("admm", "alm"):
+            _bad("method.penalty", m.penalty, f"l2 or l2+kl for {m.name} (its duals act on the "
+                 "l2 term only; kl alone is for method=penalty)")
+        if "kl" in m.penalty and m.slots != "fixed_first":
+            _bad("method.penalty", m.penalty, "l2 with method.slots=all_free (the KL term reads the "
+                 "next block's first input, and the slot after the last block has none)")
     if method.check is not None:
         method.check(m)
 

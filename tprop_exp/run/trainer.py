@@ -418,6 +418,7 @@ class Trainer:
             "wall_s": self.wall,  # seconds of training, evaluation not included
             "train_tokens_per_s": tokens / self.wall if self.wall else None,
             **weighting,
+            "world": 1 if self.comm is None else self.comm.world,  # processes that trained it
             "config": self.config,
             **prov,
         }

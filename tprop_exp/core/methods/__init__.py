@@ -31,3 +31,9 @@ class BTPropConf(MethodConf):
     slots: str = added("fixed_first")        # fixed_first | all_free (n+1 free slots)
     dual_update: str = added("scaled")       # scaled | tprnn (ascent on J/n, order per §6)
     drop_last_block: bool = added(False)     # the epoch's last block never trains
+    # SPEC §7, constrained h-optimisation: the variable the h-steps move, and
+    # the constraint term (l2: the quadratic penalty; kl: μ·KL between the
+    # next-token distributions from F_b and from H_{b+1}; l2+kl: both).
+    h_param: str = added("free")
+    penalty: str = added("l2")
+    kl_weight: float = added(0.0)

@@ -15,6 +15,7 @@ import torch
 from tprop_exp import UserError
 
 from .. import btprop, tprnn
+from ..constrained import HVar
 from ..registry import register_method
 
 if TYPE_CHECKING:
@@ -43,32 +44,35 @@ def update(model: LanguageModel, theta: ThetaStep | SharedTheta, S: btprop.Block
 def joint_steps(model: LanguageModel, theta: ThetaStep | SharedTheta, S: btprop.Blocks, m: Any,
                 dual_each: bool) -> tuple[dict, torch.Tensor]:
     """SPEC §1's joint steps: H on ∇J, θ on ∇(J/n); `dual_each`: a dual step after each."""
-    h_opt = btprop.H_OPTIMIZERS[m.h_optimizer]([S.H], lr=m.h_lr)
+    var = HVar(model, S, m.get("h_param", "free"))  # H moves as S.H or through tanh's Z
+    h_opt = btprop.H_OPTIMIZERS[m.h_optimizer]([var.leaf], lr=m.h_lr)
     active = torch.ones((), device=S.H.device, dtype=S.H.dtype)
     taken = torch.zeros((), device=S.H.device)
     stats = None
     for _ in range(m.h_steps):
-        S.H.grad = None
+        var.leaf.grad = None
         theta.zero_grad()
-        s = btprop.objective(model, S, backward=lambda J: theta.backward(J / S.n, extra=[S.H]))
+        s = btprop.objective(model, var.blocks(S), backward=lambda J: theta.backward(J / S.n, extra=[var.target]))
         stats = s if stats is None else {**stats, "last": s["last"]}
-        theta.unscale(S.H.grad).mul_(S.n)  # J, not J / n, for H
+        theta.unscale(var.target.grad).mul_(S.n)  # J, not J / n, for H
         # θ's step first (it reads none of H): False when the fp16 scaler skipped it
-        if theta.step() and finite(S, theta):
-            active = btprop.masked_step(h_opt, S.H, active, m.h_tol, m.h_clip, S.comm,
+        if theta.step() and finite(var.target.grad, S, theta):
+            var.pull()
+            active = btprop.masked_step(h_opt, var.leaf, active, m.h_tol, m.h_clip, S.comm,
                                         fixed_first=not S.free_first)
+            var.write(S)
             taken += active
         if dual_each:
             btprop.dual_step(model, S, m.u_lr)
     return stats, taken
 
 
-def finite(S: btprop.Blocks, theta: ThetaStep | SharedTheta) -> bool:
+def finite(grad: torch.Tensor, S: btprop.Blocks, theta: ThetaStep | SharedTheta) -> bool:
     """H's gradient is finite on every process. Read on the host under fp16
     only (whose scaler reads its own flag anyway): fp32 keeps no sync."""
     if not theta.scaler.is_enabled():
         return True
-    norm = torch.linalg.vector_norm(S.H.grad)
+    norm = torch.linalg.vector_norm(grad)
     return bool(torch.isfinite(norm if S.comm is None else S.comm.norm(norm)))
 
 
