@@ -29,6 +29,7 @@ from tprop_exp import UserError
 from tprop_exp.core import btprop, distributed, optim, registry
 from tprop_exp.core.model import PRECISIONS, build_model
 from tprop_exp.core.perplexity import evaluate
+from tprop_exp.data import lag
 from tprop_exp.data.corpora import load_corpus, resolve_data_dir
 
 from . import checks, logger, records
@@ -286,6 +287,7 @@ class Trainer:
                    "tokens_per_s": stats.pop("tokens") / seconds, "seconds": seconds}
             if "lam" in self.state:
                 row["lam"] = self.state["lam"]
+            row.update(self.lag_learned(valid_nll, "valid"))
             row.update(stats)
             self.history.append(row)
             log.info("epoch %d/%d  %s", self.epoch, cfg.train.max_epochs,
@@ -307,14 +309,25 @@ class Trainer:
             self.checkpoint()
         return "completed", None
 
+    def lag_learned(self, nll: Optional[float], split: str) -> dict:
+        """`<split>_lag_learned` for a run on dataset=lag (SPEC §7), else nothing."""
+        d = self.cfg.dataset
+        if d.source != "lag":
+            return {}
+        return {f"{split}_lag_learned": None if nll is None else lag.lag_learned(nll, d.symbols, d.copy_prob)}
+
     def result(self, status: str, prov: dict) -> dict:
         cfg, corpus = self.cfg, self.corpus
-        test_ppl = None
+        test_ppl = test_nll = None
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
-            test_ppl = evaluate(self.model, corpus.test, cfg.train.eval_batch_size)[1]
+            test_nll, test_ppl = evaluate(self.model, corpus.test, cfg.train.eval_batch_size)
         best_row = min(self.history, key=lambda r: r["valid_ppl"], default=None)
         tokens = sum(r["tokens_per_s"] * r["seconds"] for r in self.history)
+        if cfg.dataset.source == "lag":  # the corpus's floor and ceiling, and how much was learned
+            best_nll = None if best_row is None else math.log(best_row["valid_ppl"])
+            prov = {**lag.facts(cfg.dataset), **self.lag_learned(best_nll, "best_valid"),
+                    **self.lag_learned(test_nll, "test"), **prov}
         return {
             "status": status,
             "best_valid_ppl": None if best_row is None else best_row["valid_ppl"],
