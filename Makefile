@@ -20,7 +20,7 @@ STAMP := $(BIN)/.tprop_exp-installed
 RUN := $(PY) -m tprop_exp
 REPORT := $(PY) -m tprop_exp.report
 
-.PHONY: help setup demo test test-all bench bench-scaling plan dist bench-dist table1 table2 table3 figure methods all-tables clean
+.PHONY: help setup demo test test-all bench bench-scaling plan dist bench-dist table1 table2 table3 figure methods all-tables long-range clean
 .DEFAULT_GOAL := help
 
 help:  ## list the targets and settings (installs nothing)
@@ -95,6 +95,16 @@ table1 table2 table3 figure methods: $(STAMP)
 
 all-tables: table1 table2 table3 figure methods  ## every table and the figure, then the claims
 	$(REPORT) $(foreach e,table1_main table2_regularization table3_minibatch figure_hidden methods,sweeps/$(e)/$(PROFILE)) --out $(OUT)
+
+# Long-range dependencies (SPEC §7): three sweeps of experiment=long_range on the
+# generated lag corpus (the long-unroll reference; mini-batch rows; batch rows),
+# then the report: results/long_range.{md,csv,png} and claim 5's direct verdict.
+LONG_RANGE = $(RUN) -m experiment=long_range $(SEEDS_ARG) $(LAUNCHER)
+long-range: $(STAMP)  ## long-range dependencies on dataset=lag: lag_learned against D/K; claim 5 directly
+	$(LONG_RANGE) row=bptt method.block_size=32 method.mode=minibatch,batch
+	$(LONG_RANGE)
+	$(LONG_RANGE) row=bptt,h1 method.mode=batch
+	$(REPORT) sweeps/long_range/sample --out results
 
 clean:  ## delete runs/, sweeps/ (the demo's report too), outputs/, multirun/
 	rm -rf runs sweeps outputs multirun

@@ -66,7 +66,8 @@ def test_seeds_key_expands_to_seed_list():
 
 
 ROWS = [("bptt", "bptt", 0), ("h0", "admm", 0), ("h1", "admm", 1), ("h5", "admm", 5),
-        ("admm", "admm", 5), ("alm", "alm", 5), ("penalty", "penalty", 5)]
+        ("admm", "admm", 5), ("alm", "alm", 5), ("penalty", "penalty", 5),
+        ("h3", "admm", 3), ("penalty_h1", "penalty", 1), ("penalty_h3", "penalty", 3)]
 
 
 def test_rows_select_the_method():

@@ -16,8 +16,9 @@ SHORT = {
     "method": "config.method.name", "mode": "config.method.mode", "K": "config.method.block_size",
     "h_steps": "config.method.h_steps", "hidden": "config.arch.hidden_size",
     "batch_size": "config.train.batch_size", "seed": "config.train.seed",
+    "D": "config.dataset.lag",
 }
-NUMERIC = ["K", "h_steps", "hidden", "batch_size", "seed"]
+NUMERIC = ["K", "h_steps", "hidden", "batch_size", "seed", "D"]
 
 
 def load_runs(dirs):

@@ -33,7 +33,8 @@ Means are over completed runs only; diverged and failed runs are counted and
 marked in the markdown.
 
 `OUTDIR/claims.md` is rebuilt after the tables from the CSVs of the five known
-tables that are in OUTDIR at that moment (see `tprop_exp.claims`).  So
+tables that are in OUTDIR at that moment (see `tprop_exp.claims`), and claim 5
+also directly from `long_range.csv` when it is there (report/long_range.py).  So
 reporting all sweeps at once (`sweeps/*/sample`) and reporting them one at a
 time give the same claims: each table's newest CSV counts, whichever command
 wrote it.  Delete a table's CSV to drop it from the claims.  An OUTDIR with
@@ -51,6 +52,7 @@ import pandas as pd
 from tprop_exp import UserError
 from tprop_exp.run.records import write_text_atomic
 
+from . import long_range
 from .claims import CLAIM_TABLES, claims_markdown, evaluate_claims
 from .plots import curves_figure, diagnostics_figure, hidden_figure, minibatch_figure, save
 from .runs import load_runs, pooled_keys, unique, varying_keys
@@ -78,6 +80,13 @@ ABOUT = {
     "methods": (
         "Methods: ADMM, ALM and penalty",
         "ADMM, ALM and the penalty method side by side, with BPTT as reference. Columns: K."),
+    "long_range": (
+        "Long-range dependencies, measured directly",
+        "How much of a lag-D dependency each method learns on dataset=lag (SPEC §7): "
+        "lag_learned = (ln V − NLL)/(ln V − H*), 0 = the lag unused (perplexity V), 1 = the "
+        "floor H* reached; columns: D/K. Rows: BPTT(K), BPTT with a long unroll (the "
+        "reference), BTPROP with each method and h-step count. Cells of the lag_learned "
+        "tables are lag_learned, not perplexity."),
 }
 GENERIC = ("Runs of experiment `{name}`",
            "One row per distinct configuration (only the config keys that vary are shown), "
@@ -173,6 +182,10 @@ def write_figures(name, layout, runs, summary, outdir):
     if layout == "table3_minibatch":
         figures["table3_minibatch.png"] = ("Train and test perplexity against mini-batch size",
                                            minibatch_figure(summary, runs, f"{title}: BPTT"))
+    if layout == "long_range":
+        import matplotlib.pyplot as plt
+        figures["long_range.png"] = ("lag_learned against D/K, one line per method (± std over seeds)",
+                                     long_range.figure(summary, title, plt))
     done = {}
     for file, (about, fig) in figures.items():
         if fig is not None:
@@ -195,6 +208,8 @@ def write_report(runs, outdir, command, echo=False):
         if (used["status"] != "unfinished").sum() == 0:  # nothing fits: show the runs plainly
             used, layout, note = exp, "generic", f"no run fits the {name} layout; shown plainly."
         summary = summarise(used, layout)
+        if layout == "long_range":  # D/K and its own row labels, in the CSV too
+            summary = long_range.decorate(summary)
         figures = write_figures(name, layout, used, summary, outdir)
         md = table_markdown(name, exp, used, layout, make_table(summary, layout), command, note, figures)
         written += [write_text_atomic(outdir / f"{name}.csv", summary.to_csv(index=False)),
@@ -202,8 +217,10 @@ def write_report(runs, outdir, command, echo=False):
         if echo:
             print(md)
     summaries = load_summaries(outdir)
-    if summaries:  # a folder of other experiments only (e.g. the demo) gets no claims.md
-        text = claims_markdown(evaluate_claims(summaries), list(summaries), command)
+    lag = Path(outdir) / f"{long_range.NAME}.csv"
+    direct = long_range.claim5_direct(pd.read_csv(lag)) if lag.exists() else None
+    if summaries or direct:  # a folder of other experiments only (e.g. the demo) gets no claims.md
+        text = claims_markdown(evaluate_claims(summaries), list(summaries), command, direct)
         written.append(write_text_atomic(outdir / "claims.md", text))
         if echo:
             print(text)
