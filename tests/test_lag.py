@@ -90,7 +90,7 @@ def test_oracle_that_reads_x_t_minus_D_learns_all_of_it(D, V, p):
     each, so the expected fraction is (N − D)/N and the oracle's lag_learned lies
     within (N−D)/N · 5σ/√n / (ln V − H*) of it.
     """
-    x = lag.generate(lag=D, symbols=V, copy_prob=p, length=200000, seed=3)["train"].astype(np.int64)
+    x = lag.generate(lag=D, symbols=V, copy_prob=p, length=60000, seed=3)["train"].astype(np.int64)
     N, n = len(x), len(x) - D
     q, r = p + (1 - p) / V, (1 - p) / V
     hit = x[D:] == x[:-D]

@@ -53,6 +53,9 @@ def test_claim5_direct_holds_fails_and_is_inconclusive():
     assert len(lines) == 2  # D = 6 and 8: the D > K
     same = grid(lambda D: (0.02, 0.02), lambda D: (0.05, 0.02), lambda D: (0.9, 0.02))
     assert long_range.claim5_direct(same)[0] == FAILS
+    # A clear gain, but smaller than the margin (0.2 < 0.25): not "learns what BPTT(K) does not".
+    small = grid(lambda D: (0.0, 0.01), lambda D: (0.2, 0.01), lambda D: (0.9, 0.02))
+    assert long_range.claim5_direct(small)[0] == FAILS
     # A gain of 0.3 ± a wide spread: neither beyond the margin nor below it by 2·SE.
     noisy = grid(lambda D: (0.0, 0.02), lambda D: (0.3, 0.3), lambda D: (0.9, 0.02))
     assert long_range.claim5_direct(noisy)[0] == UNSURE
