@@ -95,3 +95,22 @@ def test_report_writes_long_range_files_and_claim5_direct(tmp_path, capsys):
     assert (out / "long_range.png").stat().st_size > 1000
     claims = (out / "claims.md").read_text()
     assert "Claim 5, directly" in claims and "**holds**" in claims
+
+
+def test_figure_gives_a_row_one_colour_in_every_panel():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = pd.concat([grid(lambda D: (0.1, 0.01), lambda D: (0.5, 0.01), lambda D: (0.9, 0.01), mode=m)
+                   for m in ("minibatch", "batch")])
+    s = pd.concat([s, summary([("minibatch", 6, 4, "penalty", 3, 0.7, 0.02)])])
+    fig = long_range.figure(s, "t", plt)
+    colours = {}
+    for ax in fig.axes:
+        for line in ax.get_legend().get_lines():
+            colours.setdefault(line.get_label(), set()).add(matplotlib.colors.to_hex(line.get_color()))
+    plt.close(fig)
+    assert len(colours) == 4 and all(len(c) == 1 for c in colours.values()), colours
+    flat = [c.pop() for c in colours.values()]
+    assert len(set(flat)) == len(flat)  # BPTT(K), the reference and each BTPROP row differ

@@ -92,22 +92,27 @@ def figure(summary, title, plt):
     if s.empty:
         return None
     modes = list(dict.fromkeys(s["mode"]))
+    # One style per row across panels: BPTT(K) red, the reference black dashed, BTPROP rows
+    # from a palette without red or black.
+    palette = iter(["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink",
+                    "tab:olive", "tab:cyan", "tab:gray"] * 4)
+    styles = {lab: dict(ls="--", color="black") if lab.endswith("reference") else
+              dict(ls="-", color="tab:red") if lab.startswith("BPTT") else dict(ls="-", color=next(palette))
+              for lab in dict.fromkeys(s["label"])}
     fig, axes = plt.subplots(1, len(modes), figsize=(6.2 * len(modes), 4.4), squeeze=False, sharey=True)
     for ax, mode in zip(axes[0], modes):
         g = s[s["mode"] == mode]
         for lab, line in g.groupby("label", sort=False):
             line = line.sort_values("D_over_K")
-            style = dict(ls="--", color="black") if lab.endswith("reference") else \
-                dict(ls="-", color="tab:red") if lab.startswith("BPTT") else dict(ls="-")
             ax.errorbar(line["D_over_K"], line["lag_valid_mean"], yerr=line["lag_valid_std"].fillna(0),
-                        marker="o", capsize=3, label=lab, **style)
+                        marker="o", capsize=3, label=lab, **styles[lab])
         ax.axhline(HALF, color="grey", lw=0.8, ls=":")
         ax.axvline(1, color="grey", lw=0.8, ls=":")
         ax.set_xlabel(f"D/K (K = {base_k(s)})")
         ax.set_title(MODES.get(mode, mode))
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
     axes[0][0].set_ylabel("lag_learned (validation, best epoch)")
-    axes[0][-1].legend(fontsize=8, loc="best")
     fig.suptitle(f"{title}: 0 = lag unused (ppl V), 1 = floor H* reached; mean ± std over seeds")
     fig.tight_layout()
     return fig
