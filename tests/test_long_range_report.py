@@ -104,13 +104,15 @@ def test_figure_gives_a_row_one_colour_in_every_panel():
 
     s = pd.concat([grid(lambda D: (0.1, 0.01), lambda D: (0.5, 0.01), lambda D: (0.9, 0.01), mode=m)
                    for m in ("minibatch", "batch")])
-    s = pd.concat([s, summary([("minibatch", 6, 4, "penalty", 3, 0.7, 0.02)])])
+    # Mini-batch has rows that batch lacks, sorted before and after the shared one.
+    s = pd.concat([s, summary([("minibatch", 6, 4, "admm", 0, 0.1, 0.02), ("minibatch", 6, 4, "admm", 3, 0.7, 0.02),
+                               ("minibatch", 6, 4, "penalty", 3, 0.7, 0.02)])])
     fig = long_range.figure(s, "t", plt)
     colours = {}
     for ax in fig.axes:
-        for line in ax.get_legend().get_lines():
-            colours.setdefault(line.get_label(), set()).add(matplotlib.colors.to_hex(line.get_color()))
+        for bars in ax.containers:  # one errorbar container per row
+            colours.setdefault(bars.get_label(), set()).add(matplotlib.colors.to_hex(bars.lines[0].get_color()))
     plt.close(fig)
-    assert len(colours) == 4 and all(len(c) == 1 for c in colours.values()), colours
+    assert len(colours) == 6 and all(len(c) == 1 for c in colours.values()), colours
     flat = [c.pop() for c in colours.values()]
     assert len(set(flat)) == len(flat)  # BPTT(K), the reference and each BTPROP row differ
