@@ -80,7 +80,8 @@ def test_seeds_key_expands_to_seed_list():
 ROWS = [("bptt", "bptt", 0), ("h0", "admm", 0), ("h1", "admm", 1), ("h5", "admm", 5),
         ("admm", "admm", 5), ("alm", "alm", 5), ("penalty", "penalty", 5),
         ("authors_admm", "admm", 10), ("authors_alm", "alm", 5), ("authors_penalty", "penalty", 10),
-        ("h1_tanh", "admm", 1), ("h1_kl", "admm", 1), ("h1_tanh_kl", "admm", 1)]
+        ("h1_tanh", "admm", 1), ("h1_kl", "admm", 1), ("h1_tanh_kl", "admm", 1),
+        ("h3", "admm", 3), ("penalty_h1", "penalty", 1), ("penalty_h3", "penalty", 3)]
 
 
 @pytest.mark.parametrize("name", sorted(BEYOND))

@@ -38,11 +38,11 @@ def decode(corpus, ids):
 def test_dataset_configs_are_complete():
     names = sorted(p.stem for p in CONF.glob("*.yaml"))
     assert names == sorted(["text8", "text8_words", "wiki_large", "wikitext2", "ptb_words",
-                            "ptb_chars", "sample_chars", "sample_words", "local"])
+                            "ptb_chars", "sample_chars", "sample_words", "local", "lag"])
     for name in names:
         cfg = conf(name)
         assert cfg.name == name and cfg.level in ("char", "word")
-        assert cfg.vocab_size is None and cfg.source in data._READERS
+        assert cfg.get("vocab_size") is None and cfg.source in data.SOURCES
 
 
 def test_resolve_data_dir(monkeypatch, tmp_path):

@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tprop_exp import UserError
 
+from . import lag
 from .download import fetch, file_lock
 from .sample import build_sample
 
@@ -248,6 +249,7 @@ def _read_local(cfg, data_dir: Path) -> dict:
 
 _READERS = {"text8": _read_text8, "sample": _read_sample, "archive": _read_archive,
             "local": _read_local}
+SOURCES = (*_READERS, "lag")  # lag: generated as ids (data/lag.py), no text to tokenise
 
 
 # ------------------------------------------------------------------ tokenising
@@ -395,6 +397,13 @@ def _write_cache(cache: Path, corpus: Corpus) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _build(cfg, data_dir: Path) -> Corpus:
+    if cfg.source == "lag":  # symbol i is id i: no vocabulary reordering
+        ids, vocab = lag.corpus_arrays(cfg)
+        return Corpus(*(torch.from_numpy(ids[s]) for s in SPLITS), vocab, cfg.level, cfg.name)
+    return _tokenise(_READERS[cfg.source](cfg, data_dir), cfg)
+
+
 def load_corpus(ds_cfg, data_dir: Path) -> Corpus:
     """Token ids and vocabulary of the dataset described by `ds_cfg`.
 
@@ -403,9 +412,9 @@ def load_corpus(ds_cfg, data_dir: Path) -> Corpus:
     """
     cfg = ds_cfg if isinstance(ds_cfg, DictConfig) else OmegaConf.create(ds_cfg)
     data_dir = Path(data_dir)
-    if cfg.get("source") not in _READERS:
+    if cfg.get("source") not in SOURCES:
         raise UserError(f"dataset {cfg.get('name')}: unknown source {cfg.get('source')!r}; "
-                        f"expected one of {', '.join(_READERS)}")
+                        f"expected one of {', '.join(SOURCES)}")
     cache = data_dir / "cache" / _cache_key(cfg)
     corpus = _read_cache(cache, cfg)
     if corpus is None:
@@ -414,7 +423,7 @@ def load_corpus(ds_cfg, data_dir: Path) -> Corpus:
                 corpus = _read_cache(cache, cfg)  # another run may have built it meanwhile
                 if corpus is None:
                     log.info("tokenising dataset %s (cached afterwards in %s)", cfg.name, cache)
-                    corpus = _tokenise(_READERS[cfg.source](cfg, data_dir), cfg)
+                    corpus = _build(cfg, data_dir)
                     _write_cache(cache, corpus)
         except OSError as e:  # a data_dir that is a file, or where nothing can be written
             raise UserError(f"data_dir: cannot use {e.filename or data_dir} ({e.strerror or e}); "

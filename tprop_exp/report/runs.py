@@ -19,8 +19,9 @@ SHORT = {
     "rules": "config.rules",  # the variant's label (SPEC §6): textbook, tprnn, only_<rule>
     "h_param": "config.method.h_param", "penalty": "config.method.penalty",
     "h_lr": "config.method.h_lr", "h_optimizer": "config.method.h_optimizer",
+    "D": "config.dataset.lag",
 }
-NUMERIC = ["K", "h_steps", "hidden", "batch_size", "seed", "h_lr"]
+NUMERIC = ["K", "h_steps", "hidden", "batch_size", "seed", "h_lr", "D"]
 # SPEC §7's keys at the values of runs recorded before them (what those runs computed).
 ADDED = {"h_param": "free", "penalty": "l2"}
 

@@ -11,6 +11,8 @@ METRICS = {"valid": "best_valid_ppl", "test": "test_ppl", "train": "train_ppl",
            # the authors' token weights (SPEC §6), never in place of the true numbers
            "valid_tprnn": "best_valid_ppl_tprnn_weighting", "test_tprnn": "test_ppl_tprnn_weighting"}
 WEIGHTED = "valid ppl under the authors' token weights (valid_ppl_tprnn_weighting; not the true perplexity)"
+# dataset=lag runs also record how much of the lag they learned (SPEC §7)
+LAG_METRICS = {"lag_valid": "best_valid_lag_learned", "lag_test": "test_lag_learned"}
 
 # The cell keys of each known layout.
 KEYS = {
@@ -19,9 +21,10 @@ KEYS = {
     "table3_minibatch": ["dataset", "batch_size"],
     "figure_hidden": ["dataset", "hidden", "method", "h_steps"],
     "methods": ["dataset", "mode", "K", "method", "h_steps"],
-    # SPEC §7 (report/beyond.py)
+    # SPEC §7 (report/beyond.py, report/long_range.py)
     "constrained": ["dataset", "hidden", "method", "h_steps", "h_param", "penalty"],
     "h_sensitivity": ["dataset", "K", "method", "h_steps", "h_optimizer", "h_lr"],
+    "long_range": ["dataset", "mode", "D", "K", "method", "h_steps"],
 }
 
 
@@ -77,11 +80,12 @@ def summarise(runs, name):
     """Tidy per-cell statistics of the finished runs (what the CSV holds)."""
     runs = runs[runs["status"] != "unfinished"]
     keys = cell_keys(runs, name)
+    metrics = {**METRICS, **{m: c for m, c in LAG_METRICS.items() if c in runs}}
     rows = []
     for key, g in runs.groupby(keys, dropna=False, sort=False):
         ok = g[g["status"] == "completed"]
         row = dict(zip(keys, key))
-        for m, col in METRICS.items():
+        for m, col in metrics.items():
             x = pd.to_numeric(ok[col], errors="coerce").dropna() if col in ok else pd.Series(dtype=float)
             row.update({f"{m}_mean": x.mean(), f"{m}_std": x.std(), f"{m}_n": len(x)})
         row.update(
@@ -132,6 +136,9 @@ def make_table(summary, name):
     s = summary.copy()
     if name not in KEYS:
         return {"": _generic(s)}
+    if name == "long_range":
+        from .long_range import tables
+        return tables(s)
     s["cell"] = s.apply(_cell, axis=1)
     if name == "table3_minibatch":
         metrics = [("train", "train ppl"), ("test", "test ppl"), ("valid", "valid ppl")]
@@ -163,6 +170,9 @@ def _generic(s):
     t = s[keys].rename(columns=lambda c: c.removeprefix("config."))
     for m in METRICS:
         t[f"{m} ppl"] = s.apply(_cell, axis=1, metric=m)
+    for m in LAG_METRICS:  # beside the perplexities, for runs on dataset=lag
+        if f"{m}_mean" in s:
+            t[m.replace("lag_", "lag_learned ")] = s.apply(_cell, axis=1, metric=m)
     t["epochs"] = s["epochs_mean"].map(lambda x: "–" if pd.isna(x) else f"{x:g}")
     t["tokens/s"] = s["tokens_per_s_mean"].map(lambda x: "–" if pd.isna(x) else f"{x:,.0f}")
     t["status"] = [", ".join(f"{r[k]} {w}" for w, k in (("completed", "n_completed"),

@@ -111,6 +111,12 @@ class DatasetConf:
     valid_chars: Optional[int] = None
     train_frac: Optional[float] = None
     valid_frac: Optional[float] = None
+    # dataset=lag, generated (SPEC §7; data/lag.py): null for every other dataset
+    lag: Optional[int] = added(None)
+    symbols: Optional[int] = added(None)
+    copy_prob: Optional[float] = added(None)
+    length: Optional[int] = added(None)
+    seed: Optional[int] = added(None)
 
 
 @dataclass
@@ -298,6 +304,9 @@ def validate(cfg: DictConfig) -> None:
     if len(fracs) == 2 and d.train_frac + d.valid_frac >= 1:
         _bad("dataset.valid_frac", d.valid_frac,
              f"a number below {1 - d.train_frac:g} (train_frac + valid_frac < 1, the rest is test)")
+    if d.source == "lag":
+        from tprop_exp.data.lag import check_keys
+        check_keys(d.lag, d.symbols, d.copy_prob, d.length, d.seed)
     positive("seeds", cfg.seeds)
     lg = cfg.get("logger")
     if isinstance(lg, DictConfig):  # an untyped group: its keys are checked here (run/logger.py reads them)

@@ -30,6 +30,7 @@ from tprop_exp import UserError
 from tprop_exp.core import btprop, distributed, optim, registry
 from tprop_exp.core.model import PRECISIONS, build_model
 from tprop_exp.core.perplexity import evaluate_weighted
+from tprop_exp.data import lag
 from tprop_exp.data.corpora import load_corpus, resolve_data_dir
 
 from . import checks, logger, machine, records
@@ -373,6 +374,7 @@ class Trainer:
                 row["train_ppl_tprnn_weighting"], row["valid_ppl_tprnn_weighting"] = train[3], valid_ppl_w
             if "lam" in self.state:
                 row["lam"] = self.state["lam"]
+            row.update(self.lag_learned(valid_nll, "valid"))
             row.update(stats)
             self.history.append(row)
             log.info("epoch %d/%d  %s", self.epoch, cfg.train.max_epochs,
@@ -394,13 +396,20 @@ class Trainer:
             self.checkpoint()
         return "completed", None
 
+    def lag_learned(self, nll: Optional[float], split: str) -> dict:
+        """`<split>_lag_learned` for a run on dataset=lag (SPEC §7), else nothing."""
+        d = self.cfg.dataset
+        if d.source != "lag":
+            return {}
+        return {f"{split}_lag_learned": None if nll is None else lag.lag_learned(nll, d.symbols, d.copy_prob)}
+
     def result(self, status: str, prov: dict) -> dict:
         cfg, corpus = self.cfg, self.corpus
-        test_ppl = test_ppl_w = None
+        test_ppl = test_ppl_w = test_nll = None
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
-            _, test_ppl, _, test_ppl_w = evaluate_weighted(self.model, corpus.test, cfg.train.eval_batch_size,
-                                                           self.model.zero_type)
+            test_nll, test_ppl, _, test_ppl_w = evaluate_weighted(self.model, corpus.test, cfg.train.eval_batch_size,
+                                                                  self.model.zero_type)
         best_row = min(self.history, key=lambda r: r["valid_ppl"], default=None)
         weighting = {}
         if self.weighted():  # the authors' numbers of the same model, never in place of the true ones (SPEC §6)
@@ -409,6 +418,10 @@ class Trainer:
                          "test_ppl_tprnn_weighting": test_ppl_w,
                          "tprnn_weighting_type": self.model.zero_type}
         tokens = sum(r["tokens_per_s"] * r["seconds"] for r in self.history)
+        if cfg.dataset.source == "lag":  # the corpus's floor and ceiling, and how much was learned
+            best_nll = None if best_row is None else math.log(best_row["valid_ppl"])
+            prov = {**lag.facts(cfg.dataset), **self.lag_learned(best_nll, "best_valid"),
+                    **self.lag_learned(test_nll, "test"), **prov}
         return {
             "status": status,
             "best_valid_ppl": None if best_row is None else best_row["valid_ppl"],
