@@ -100,7 +100,7 @@ def test_beyond_sweeps_compose(name):
     elif name == "h_sensitivity":
         lrs = [float(v) for v in sweep["method.h_lr"]]
         assert min(lrs) <= 0.1 and max(lrs) >= 10 and 1.0 in lrs  # a decade each side of 1.0
-        assert set(sweep["method.h_optimizer"]) >= {"sgd", "adagrad"} and set(sweep["row"]) == {"h1", "h5"}
+        assert set(sweep["method.h_optimizer"]) >= {"sgd", "adagrad", "tprnn_adagrad"} and set(sweep["row"]) == {"h1", "h5"}
         assert len(sweep["method.block_size"]) == 2 and len(sweep["dataset"]) == 2
     else:
         assert set(sweep["row"]) == {"bptt", "h0"}
