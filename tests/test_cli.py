@@ -470,6 +470,7 @@ def test_parallel_launchers_give_the_same_runs(tmp_path, launcher):
         assert par[name]["best_valid_ppl"] == basic[name]["best_valid_ppl"]
 
 
+@pytest.mark.slow  # a finished run returning at once: test_finished_run_returns_at_once, fast
 def test_more_seeds_extend_a_sweep(tmp_path):
     """`seeds=2` after `seeds=1` trains only the new seed's runs, in the same sweep folder."""
     args = ["-m", "experiment=methods", "row=bptt", "arch.hidden_size=8", "train.train_tokens=5000",

@@ -129,6 +129,7 @@ def test_a_method_and_a_cell_of_ones_own_train_through_the_cli(outside):
     assert bad.returncode == 2 and "method.scale" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # the generic forward init: test_generic_block_ends_equal_the_fast_path, fast
 def test_a_cell_of_ones_own_runs_btprop(outside):
     """BTPROP's forward initialisation has a generic path for cells it does not know."""
     p = cli(["method=admm", "method.h_steps=1", "arch=elman", *SMALL], outside)

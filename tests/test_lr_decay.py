@@ -2,7 +2,7 @@
 NLL is not below the best so far; any improvement, however small, counts."""
 import torch
 
-from tprop_exp.run.trainer import plateau
+from tprop_exp.core.optim import plateau
 
 
 def test_any_improvement_counts_and_none_decays():

@@ -150,7 +150,9 @@ def test_folder_name_is_short_and_safe_for_many_overrides(tmp_path):
     assert p.returncode == 0 and f"{run}: already completed; nothing to do" in p.stdout
 
 
-@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]],
+# joblib: slow (the fast suite runs the joblib launcher in test_cli's parity test)
+@pytest.mark.parametrize("launcher", [[], pytest.param(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+                                                        marks=pytest.mark.slow)],
                          ids=["basic", "joblib"])
 def test_sweep_records_bad_cells_and_goes_on(tmp_path, launcher):
     sweep = tmp_path / "sweep"

@@ -85,3 +85,25 @@ def build(model: LanguageModel, cfg: DictConfig) -> ThetaStep:
         else {"fused": True}
     opt = OPTIMIZERS[cfg.train.optimizer](model.parameters(), lr=cfg.train.lr, **fast)
     return ThetaStep(opt, cfg.train.clip, fp16=cfg.train.get("precision") == "fp16")
+
+
+def plateau(opt: torch.optim.Optimizer, decay: float) -> torch.optim.lr_scheduler.ReduceLROnPlateau | NoDecay:
+    """train.lr_decay: lr ← lr·decay after each epoch whose validation NLL is
+    not below the best so far. Any improvement counts (threshold 0), as in
+    the authors' script and pytorch/examples, not torch's default 0.01%."""
+    if decay >= 1:
+        return NoDecay()  # lr_decay 1: no decay, as the authors' BTPROP
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=decay, patience=0, threshold=0.0)
+
+
+class NoDecay:
+    """A scheduler that never changes the learning rate (train.lr_decay=1)."""
+
+    def step(self, metric: float) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

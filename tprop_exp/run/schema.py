@@ -43,6 +43,7 @@ DATASET_READS = {
     "sample": ("train_frac", "valid_frac"),
     "archive": ("urls", "archive", "size", "sha1", "md5", "files", "file_md5"),
     "local": ("path", "train", "valid", "test"),
+    "lag": ("lag", "symbols", "copy_prob", "length", "seed"),  # generated (data/lag.py)
 }
 
 

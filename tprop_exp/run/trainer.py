@@ -63,15 +63,6 @@ def pick_device(name: str, job_num: int = 0) -> torch.device:
         raise UserError(f"train.device must be auto, cpu or cuda[:N], got {name!r}")
 
 
-def plateau(opt: torch.optim.Optimizer, decay: float) -> torch.optim.lr_scheduler.ReduceLROnPlateau | NoDecay:
-    """train.lr_decay: lr ← lr·decay after each epoch whose validation NLL is
-    not below the best so far. Any improvement counts (threshold 0), as in
-    the authors' script and pytorch/examples, not torch's default 0.01%."""
-    if decay >= 1:
-        return NoDecay()  # lr_decay 1: no decay, as the authors' BTPROP
-    return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=decay, patience=0, threshold=0.0)
-
-
 def objective(result: dict) -> float:
     """What a sweeper minimises: the best validation perplexity; inf when
     the run did not complete or has none."""
@@ -152,7 +143,7 @@ def run_locked(cfg: DictConfig, run_dir: Path, config: dict, device: torch.devic
     theta = optim.build(model, cfg)
     if comm is not None:
         theta = distributed.SharedTheta(theta, comm)
-    sched = plateau(theta.opt, cfg.train.lr_decay)
+    sched = optim.plateau(theta.opt, cfg.train.lr_decay)
     prov = records.provenance(device, overrides)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("run %s: method %s (%s), %s %s, %s parameters, on %s; tokens: train %s, valid %s, test %s, vocab %s",
@@ -210,19 +201,6 @@ def start_from(model: LanguageModel, path: str) -> None:
         raise UserError(f"train.init_from: {path!r} does not fit this model ({why})") from None
 
 
-class NoDecay:
-    """A scheduler that never changes the learning rate (train.lr_decay=1)."""
-
-    def step(self, metric: float) -> None:
-        pass
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-
 @contextmanager
 def stop_on_signals(trainer: Trainer) -> Iterator[None]:
     """SIGTERM/SIGINT ask the trainer to checkpoint and stop at the next
@@ -248,7 +226,7 @@ class Trainer:
     """The mutable state of one run, so that it can be checkpointed whole."""
 
     def __init__(self, cfg: DictConfig, model: LanguageModel, theta: ThetaStep | SharedTheta,
-                 sched: torch.optim.lr_scheduler.ReduceLROnPlateau, corpus: Corpus, run_dir: Path,
+                 sched: torch.optim.lr_scheduler.ReduceLROnPlateau | optim.NoDecay, corpus: Corpus, run_dir: Path,
                  config: dict, metrics: Optional[logger.NoLogger] = None, comm: Optional[Comm] = None) -> None:
         self.cfg, self.model, self.theta, self.sched = cfg, model, theta, sched
         self.corpus, self.run_dir, self.config = corpus, run_dir, config
@@ -396,11 +374,15 @@ class Trainer:
             self.checkpoint()
         return "completed", None
 
+    def on_lag(self) -> bool:
+        d = self.cfg.get("dataset")  # a Trainer built by hand may have none
+        return d is not None and d.get("source") == "lag"
+
     def lag_learned(self, nll: Optional[float], split: str) -> dict:
         """`<split>_lag_learned` for a run on dataset=lag (SPEC §7), else nothing."""
-        d = self.cfg.dataset
-        if d.source != "lag":
+        if not self.on_lag():
             return {}
+        d = self.cfg.dataset
         return {f"{split}_lag_learned": None if nll is None else lag.lag_learned(nll, d.symbols, d.copy_prob)}
 
     def result(self, status: str, prov: dict) -> dict:
@@ -418,7 +400,7 @@ class Trainer:
                          "test_ppl_tprnn_weighting": test_ppl_w,
                          "tprnn_weighting_type": self.model.zero_type}
         tokens = sum(r["tokens_per_s"] * r["seconds"] for r in self.history)
-        if cfg.dataset.source == "lag":  # the corpus's floor and ceiling, and how much was learned
+        if self.on_lag():  # the corpus's floor and ceiling, and how much was learned
             best_nll = None if best_row is None else math.log(best_row["valid_ppl"])
             prov = {**lag.facts(cfg.dataset), **self.lag_learned(best_nll, "best_valid"),
                     **self.lag_learned(test_nll, "test"), **prov}
