@@ -204,6 +204,7 @@ CONFIG_BAD = [  # (overrides, words the one line must hold): composed and checke
     (["method=admm", "method.penalty=l1"], ["method.penalty", "l1", "l2+kl"]),
     (["method=admm", "method.kl_weight=-1"], ["method.kl_weight", "-1"]),
     (["method=admm", "method.penalty=kl"], ["method.penalty", "kl", "admm"]),
+    (["method=penalty", "method.penalty=l2+kl", "method.slots=all_free"], ["method.penalty", "l2+kl", "all_free"]),
 ]
 
 

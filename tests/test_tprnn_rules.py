@@ -417,3 +417,24 @@ def test_alm_tprnn_adagrad_joint_steps_and_stop(stop):
     assert int(out["h_steps"]) == taken_ref == (2 if stop else 3)
     assert torch.allclose(S.H.detach(), H, rtol=0, atol=1e-12)
     assert torch.allclose(params(model), params(ref), rtol=0, atol=1e-12)
+
+
+def test_tprnn_adagrad_h_steps_move_tanh_states_with_a_free_first_slot():
+    """The authors' h-steps under method.h_param=tanh (SPEC §7) and all_free slots:
+    Adagrad on Z with ∂(J/n)/∂Z = ∂(J/n)/∂H ⊙ (1 − tanh²Z), Z from atanh of the
+    clamped start, every slot (S_1 too) reparametrised: a GRU bounds its whole state."""
+    model, x, y = setup(seed=3)
+    n = x.shape[1]
+    S0 = 0.3 * torch.randn(n + 1, model.state_size, dtype=torch.float64)
+    S0[1, 0] = 1.0  # saturated: the clamp keeps atanh finite
+    u = 0.1 * torch.randn(n, model.state_size, dtype=torch.float64)
+    Z = torch.atanh(S0.clamp(-1 + 1e-6, 1 - 1e-6))
+    G = torch.zeros_like(Z)
+    for _ in range(2):
+        g = grad_S(model, x, y, torch.tanh(Z), u, 1 / n) * (1 - torch.tanh(Z) ** 2)
+        G = G + g * g
+        Z = Z - ETA * g / (G.sqrt() + 1e-5)
+    S = Blocks(x, y, S0.clone().requires_grad_(True), u, LAM, 2, free_first=True)
+    btprop.h_steps(model, S, m_(h_steps=2, h_optimizer="tprnn_adagrad", h_tol=0.0, h_param="tanh"))
+    assert torch.allclose(S.H.detach(), torch.tanh(Z), rtol=0, atol=1e-12)
+    assert not torch.allclose(S.H[0].detach(), S0[0])
