@@ -169,6 +169,8 @@ def _generic(s):
     keys = [c for c in s if c.startswith("config.")]
     t = s[keys].rename(columns=lambda c: c.removeprefix("config."))
     for m in METRICS:
+        if m.endswith("_tprnn") and not (s.get(f"{m}_n", pd.Series(dtype=float)) > 0).any():
+            continue  # the authors' weighting: a column only for runs that used it
         t[f"{m} ppl"] = s.apply(_cell, axis=1, metric=m)
     for m in LAG_METRICS:  # beside the perplexities, for runs on dataset=lag
         if f"{m}_mean" in s:

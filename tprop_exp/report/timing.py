@@ -14,7 +14,7 @@ from .runs import load_history
 # process's numbers to rounding, so it reaches its own target.
 RTOL = 1e-6
 # The keys that set the comparison: BPTT's target is taken among the runs that share them.
-CONTEXT = ["dataset", "mode", "K", "hidden", "batch_size"]
+CONTEXT = ["dataset", "mode", "D", "K", "hidden", "batch_size"]  # D: dataset=lag's lag
 
 
 def cumulative(runs):
@@ -34,7 +34,8 @@ def _label(runs, summary, keys):
     labels = dict(zip(_key(summary, keys), summary["label"])) if "label" in summary else {}
     out = []
     for key, (_, r) in zip(_key(runs, keys), runs.iterrows()):
-        name = labels.get(key) or ", ".join(f"{k.removeprefix('config.')}={v}" for k, v in zip(keys, key))
+        name = labels.get(key) or (str(key[0]) if len(keys) == 1 else  # one key: its value says it
+                                   ", ".join(f"{k.removeprefix('config.')}={v}" for k, v in zip(keys, key)))
         world = int(r.get("world", 1) or 1)
         out.append(str(name) + (f" ({world} processes)" if world > 1 else ""))
     return out

@@ -177,8 +177,9 @@ def table_markdown(name, runs, used, layout, tables, command, note="", figures=N
         parts += ["## Time to quality", "",
                   "Per cell: the training seconds (evaluation not included) and tokens, summed "
                   "over epochs from metrics.jsonl, at the first epoch whose validation perplexity "
-                  "is at or below BPTT's best (the lowest BPTT cell mean of the same dataset and "
-                  "K / hidden size, over one process where there is one; up to a relative 1e-6 "
+                  "is at or below BPTT's best (the lowest BPTT cell mean with the same keys of the "
+                  "table's first columns: dataset, mode, lag D, K, hidden size, batch size, those "
+                  "that vary; over one process where there is one; up to a relative 1e-6 "
                   "of rounding); the mean over the seeds that reached it, or \"not reached\". "
                   "Measured on the devices named in the table; runs over several processes "
                   "(`make dist`) are cells of their own.", "",
