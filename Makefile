@@ -20,6 +20,9 @@ STAMP := $(BIN)/.tprop_exp-installed
 # The package alone (no dev extras), for the targets that only run it: make plan.
 BASE := $(BIN)/.tprop_exp-base
 RUN := $(PY) -m tprop_exp
+# A sweep exits 1 when a run diverged or failed: recorded and reported, so the
+# target goes on to its report (bad input, status 2, still stops it).
+GOON = || [ $$? -eq 1 ]
 REPORT := $(PY) -m tprop_exp.report
 
 .PHONY: help setup demo test test-all battery bench bench-scaling plan dist bench-dist table1 table2 table3 figure methods all-tables authors ablation constrained h-sensitivity long-range clean
@@ -51,7 +54,7 @@ $(BASE): pyproject.toml
 
 # The demo's report goes beside its runs, not over the committed results/demo.
 demo: $(STAMP)  ## BPTT and BTPROP side by side on the sample corpus; report in sweeps/demo/report
-	$(RUN) -m experiment=demo
+	$(RUN) -m experiment=demo $(GOON)
 	$(REPORT) sweeps/demo/sample --table demo --out sweeps/demo/report
 
 test: $(STAMP)  ## the fast test suite
@@ -103,20 +106,20 @@ table3: ## Table 3: BPTT across mini-batch sizes
 figure: ## the figure: perplexity against hidden size
 methods: ## BPTT, ADMM, ALM and the penalty method side by side
 table1 table2 table3 figure methods: $(STAMP)
-	$(RUN) -m experiment=$(EXP) profile=$(PROFILE) $(SEEDS_ARG) $(VARIANT_ARG) $(LAUNCHER)
+	$(RUN) -m experiment=$(EXP) profile=$(PROFILE) $(SEEDS_ARG) $(VARIANT_ARG) $(LAUNCHER) $(GOON)
 	$(REPORT) sweeps/$(EXP)/$(PROFILE) --out $(OUT)
 
 # The authors' own commands (SPEC §6): their BTPROP runs under their rules and
 # their BPTT script's rule, reported as the methods table in $(OUT)/authors.
 authors: $(STAMP)  ## the authors' README runs (ADMM, ALM, penalty) and their BPTT rule
-	$(RUN) -m experiment=authors profile=$(PROFILE) $(SEEDS_ARG) $(LAUNCHER)
-	$(RUN) -m experiment=authors_bptt profile=$(PROFILE) $(SEEDS_ARG) $(LAUNCHER)
+	$(RUN) -m experiment=authors profile=$(PROFILE) $(SEEDS_ARG) $(LAUNCHER) $(GOON)
+	$(RUN) -m experiment=authors_bptt profile=$(PROFILE) $(SEEDS_ARG) $(LAUNCHER) $(GOON)
 	$(REPORT) sweeps/authors/$(PROFILE) sweeps/authors_bptt/$(PROFILE) --table methods --out $(OUT)/authors
 
 # One rule of the authors' at a time (SPEC §6), mini-batch and batch: results/ablation.md
 ablation: $(STAMP)  ## which of the authors' rules moves the numbers (results/ablation.md)
-	$(RUN) -m experiment=ablation profile=sample $(SEEDS_ARG) $(LAUNCHER)
-	$(RUN) -m experiment=ablation_batch profile=sample $(SEEDS_ARG) $(LAUNCHER)
+	$(RUN) -m experiment=ablation profile=sample $(SEEDS_ARG) $(LAUNCHER) $(GOON)
+	$(RUN) -m experiment=ablation_batch profile=sample $(SEEDS_ARG) $(LAUNCHER) $(GOON)
 	$(REPORT) sweeps/ablation/sample sweeps/ablation_batch/sample --out results
 
 # SPEC §7: beyond the paper. h-sensitivity runs its grid, then its references
@@ -127,8 +130,8 @@ h-sensitivity: EXP = h_sensitivity
 h-sensitivity: ## mini-batch ADMM over a grid of h_lr and h_optimizer, against n_h=0 and BPTT (SPEC §7)
 constrained h-sensitivity: SEEDS_ARG = seeds=$(or $(SEEDS),3)
 constrained h-sensitivity: $(STAMP)
-	$(RUN) -m experiment=$(EXP) profile=$(PROFILE) $(SEEDS_ARG) $(LAUNCHER)
-	$(if $(filter h_sensitivity,$(EXP)),$(RUN) -m experiment=h_sensitivity_ref profile=$(PROFILE) $(SEEDS_ARG) $(LAUNCHER))
+	$(RUN) -m experiment=$(EXP) profile=$(PROFILE) $(SEEDS_ARG) $(LAUNCHER) $(GOON)
+	$(if $(filter h_sensitivity,$(EXP)),$(RUN) -m experiment=h_sensitivity_ref profile=$(PROFILE) $(SEEDS_ARG) $(LAUNCHER) $(GOON))
 	$(REPORT) sweeps/$(EXP)/$(PROFILE) --out $(OUT)
 
 all-tables: table1 table2 table3 figure methods  ## every table and the figure, then the claims
@@ -140,10 +143,10 @@ all-tables: table1 table2 table3 figure methods  ## every table and the figure, 
 # report: results/long_range.{md,csv,png} and claim 5's direct verdict.
 LONG_RANGE = $(RUN) -m experiment=long_range $(SEEDS_ARG) $(LAUNCHER)
 long-range: $(STAMP)  ## long-range dependencies on dataset=lag: lag_learned against D/K; claim 5 directly
-	$(LONG_RANGE) row=bptt method.block_size=32 method.mode=minibatch,batch dataset.lag=6,2,4
-	$(LONG_RANGE)
-	$(LONG_RANGE) row=bptt,h1 dataset.lag=2,4
-	$(LONG_RANGE) row=bptt,h1 method.mode=batch dataset.lag=6,2,4
+	$(LONG_RANGE) row=bptt method.block_size=32 method.mode=minibatch,batch dataset.lag=6,2,4 $(GOON)
+	$(LONG_RANGE) $(GOON)
+	$(LONG_RANGE) row=bptt,h1 dataset.lag=2,4 $(GOON)
+	$(LONG_RANGE) row=bptt,h1 method.mode=batch dataset.lag=6,2,4 $(GOON)
 	$(REPORT) sweeps/long_range/sample --out results
 
 clean:  ## delete runs/, sweeps/ (the demo's report too), outputs/, multirun/
