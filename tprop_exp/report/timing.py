@@ -13,6 +13,7 @@ from .runs import load_history
 # "At or below the target" up to float rounding: BPTT over processes computes one
 # process's numbers to rounding, so it reaches its own target.
 RTOL = 1e-6
+MARKERS = "o^sDvP*X"
 # The keys that set the comparison: BPTT's target is taken among the runs that share them.
 CONTEXT = ["dataset", "mode", "D", "K", "hidden", "batch_size"]  # D: dataset=lag's lag
 
@@ -108,11 +109,13 @@ def time_figure(runs, summary, keys, title):
             ["valid_ppl", "cum_seconds", "cum_tokens"]].mean().reset_index()
         for ax, x, xlabel in zip(row, ("cum_seconds", "cum_tokens"),
                                  ("training seconds (cumulative)", "training tokens (cumulative)")):
-            for cell, line in g.groupby("cell", sort=False):
-                ax.plot(line[x], line["valid_ppl"], marker=".", label=cell)
-            ax.set(title=d, xlabel=xlabel, ylabel="validation perplexity")
+            for i, (cell, line) in enumerate(g.groupby("cell", sort=False)):
+                # ten colours, then the next marker: every line stays distinct
+                ax.plot(line[x], line["valid_ppl"], color=plt.cm.tab10(i % 10), marker=MARKERS[i // 10 % len(MARKERS)],
+                        markersize=4, label=cell)
+            ax.set(title=d, xlabel=xlabel, ylabel="validation perplexity (log scale)")
             ax.set_yscale("log")
             ax.grid(alpha=0.3)
-        row[0].legend(fontsize=7)
+        row[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))  # beside the panels, not over the lines
     fig.suptitle(f"{title}\n{note(runs)}", fontsize=11)
     return fig
