@@ -6,8 +6,9 @@ best validation perplexity (BPTT's over one process where there is one). Runs
 trained by several processes (result.json `world`) are cells of their own."""
 
 import pandas as pd
+from matplotlib.ticker import EngFormatter
 
-from .plots import _key, note, plt
+from .plots import _key, _log_y, note, plt
 from .runs import load_history
 
 # "At or below the target" up to float rounding: BPTT over processes computes one
@@ -114,7 +115,8 @@ def time_figure(runs, summary, keys, title):
                 ax.plot(line[x], line["valid_ppl"], color=plt.cm.tab10(i % 10), marker=MARKERS[i // 10 % len(MARKERS)],
                         markersize=4, label=cell)
             ax.set(title=d, xlabel=xlabel, ylabel="validation perplexity (log scale)")
-            ax.set_yscale("log")
+            _log_y(ax, g["valid_ppl"].dropna())
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 300k, not 300000 run into its neighbour
             ax.grid(alpha=0.3)
         row[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))  # beside the panels, not over the lines
     fig.suptitle(f"{title}\n{note(runs)}", fontsize=11)
