@@ -135,6 +135,7 @@ class ProfileConf:
     train_tokens: Dict[str, Optional[int]] = field(default_factory=dict)
     epochs: Dict[str, int] = field(default_factory=dict)
     lr: Dict[str, float] = field(default_factory=dict)
+    patience: Dict[str, int] = field(default_factory=dict)  # per mode, for experiments that read it
     u_start_epoch: int = 3
     threads: Optional[int] = None
     # experiment=authors (SPEC §6): datasets, epochs, train_tokens
