@@ -97,7 +97,7 @@ def _fmt(k, v):
         key = k.removeprefix("config.")
         short = SHORT.get(key, key.split(".")[-1])
         return f"{short}={v}" if short else str(v)
-    if k in ("K", "hidden", "batch_size"):
+    if k in ("K", "D", "hidden", "batch_size"):
         return f"{ {'batch_size': 'B'}.get(k, k)}={int(v)}"
     return str(v)
 
@@ -149,7 +149,7 @@ def _grid(panel_names):
 
 def _epoch_axis(ax, epochs):
     """Whole-number epoch ticks, also when every run stopped after one epoch."""
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))  # 300 epochs: labels that do not collide
     if epochs.nunique() == 1:
         ax.set_xlim(epochs.iloc[0] - 1, epochs.iloc[0] + 1)
     else:  # every epoch of the panel, also where a line starts late (duals from u_start_epoch)
@@ -166,7 +166,8 @@ def _band(ax, g, column, log=False, **style):
     x = g.groupby("epoch")[column].agg(["mean", "std", "count"]).dropna(subset=["mean"])
     if x.empty:
         return None
-    line, = ax.plot(x.index, x["mean"], markersize=4, **style)
+    # about a dozen markers per line, so that 300 epochs stay a line, not a bar
+    line, = ax.plot(x.index, x["mean"], markersize=4, markevery=max(1, len(x) // 12), **style)
     spread = x[x["count"] >= 2]
     if not spread.empty:
         low = spread["mean"] - spread["std"]
@@ -199,6 +200,8 @@ def _finish(fig, title, runs, handles):
     fig.suptitle(f"{_plain(title)}\n{note(runs)}\n{BAND}", fontsize=10)
     # as many legend columns as the figure's width holds (about 1.9 inches each)
     ncol = max(1, min(4, len(handles), int(fig.get_figwidth() / 1.9)))
+    # a long legend adds height below the panels instead of squeezing them
+    fig.set_figheight(fig.get_figheight() + 0.17 * math.ceil(len(handles) / ncol))
     fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=8,
                frameon=False)
     return fig
