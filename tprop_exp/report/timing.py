@@ -8,7 +8,7 @@ trained by several processes (result.json `world`) are cells of their own."""
 import pandas as pd
 from matplotlib.ticker import EngFormatter
 
-from .plots import _key, _log_y, note, plt
+from .plots import _key, _log_y, _plain, note, plt
 from .runs import load_history
 
 # "At or below the target" up to float rounding: BPTT over processes computes one
@@ -119,5 +119,5 @@ def time_figure(runs, summary, keys, title):
             ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 300k, not 300000 run into its neighbour
             ax.grid(alpha=0.3)
         row[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))  # beside the panels, not over the lines
-    fig.suptitle(f"{title}\n{note(runs)}", fontsize=11)
+    fig.suptitle(f"{_plain(title)}\n{note(runs)}", fontsize=11)
     return fig
