@@ -5,7 +5,7 @@ claims' machinery (claims.py, stats.py); the sections go at the end of
 claims.md, after the eight claims."""
 
 from .claims import cell, claim2, claim4, claim5
-from .plots import _plain, note, plt
+from .plots import plt, suptitle
 from .stats import FAILS, HOLDS, UNSURE, combine, negate, word, worse
 
 TABLES = ("constrained", "h_sensitivity")
@@ -137,7 +137,7 @@ def sensitivity_figure(summary, runs, title):
         ax.set(title=f"{d} K={k}", xlabel="method.h_lr", ylabel="validation perplexity")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"{_plain(title)}\n{note(runs)}", fontsize=11)
+    suptitle(fig, title, runs, band=False, fontsize=11)
     return fig
 
 

@@ -33,7 +33,7 @@ NOISE = 1e-12  # diagnostics at or below this are float rounding, not a value
 BAND = "lines: mean over seeds; bands and error bars: ± 1 standard deviation over seeds (where n ≥ 2)"
 
 
-def _log_y(ax, values):
+def log_y(ax, values):
     """A log y-axis with at least a few labelled ticks, whatever its span."""
     ax.set_yscale("log")
     lo, hi = float(values.min()), float(values.max())
@@ -197,7 +197,7 @@ def _handles(styles):
 
 
 def _finish(fig, title, runs, handles):
-    fig.suptitle(f"{_plain(title)}\n{note(runs)}\n{BAND}", fontsize=10)
+    suptitle(fig, title, runs)
     # as many legend columns as the figure's width holds (about 1.9 inches each)
     ncol = max(1, min(4, len(handles), int(fig.get_figwidth() / 1.9)))
     # a long legend adds height below the panels instead of squeezing them
@@ -210,6 +210,12 @@ def _finish(fig, title, runs, handles):
 def _plain(title):
     """No markdown in a figure's title: `demo` → demo."""
     return title.replace("`", "")
+
+
+def suptitle(fig, title, runs, band=True, fontsize=10):
+    """A figure's title lines: its name (no markdown), the runs' profile and
+    device, and (for figures with bands) what a band is."""
+    fig.suptitle("\n".join([_plain(title), note(runs)] + ([BAND] if band else [])), fontsize=fontsize)
 
 
 def curves_figure(runs, summary, keys, title):
@@ -232,7 +238,7 @@ def curves_figure(runs, summary, keys, title):
                 if col in g:
                     _band(ax, g, col, True, linestyle=ls, **styles[name])
         if not top.empty:  # perplexity on a log scale in every panel
-            _log_y(ax, top)
+            log_y(ax, top)
         ax.set(title=_title(panel, panel_keys), xlabel=_xlabel(here["_mode"]),
                ylabel="perplexity (log scale)")
         _epoch_axis(ax, h.loc[h["_panel"] == panel, "epoch"])
@@ -273,7 +279,7 @@ def diagnostics_figure(runs, summary, keys, title):
             for name, line in g.groupby("_line", sort=False):
                 _band(ax, line, col, log_here, **styles[name])
             if log_here:
-                _log_y(ax, values)
+                log_y(ax, values)
             elif len(values) and (values >= 0).all():
                 ax.set_ylim(bottom=0)  # a linear count or weight from zero: small changes stay small
             ax.set(title=f"{d}: {label}", xlabel=_xlabel(g["_mode"]),
@@ -295,7 +301,7 @@ def hidden_figure(summary, runs, title):
             ax.errorbar(line["hidden"].astype(float), line["valid_mean"], yerr=line["valid_std"].fillna(0),
                         marker="o", capsize=3, label=label)
         log2_panel(ax, g["hidden"], title=d, xlabel="hidden size (log scale)", ylabel="validation perplexity")
-    fig.suptitle(f"{_plain(title)}\n{note(runs)}\n{BAND}", fontsize=10)
+    suptitle(fig, title, runs)
     return fig
 
 
@@ -323,5 +329,5 @@ def minibatch_figure(summary, runs, title):
                         label=f"{metric} perplexity")
         log2_panel(ax, g["batch_size"], title=d, xlabel="mini-batch size B (parallel streams, log scale)",
                    ylabel="perplexity")
-    fig.suptitle(f"{_plain(title)}\n{note(runs)}\n{BAND}", fontsize=10)
+    suptitle(fig, title, runs)
     return fig

@@ -8,7 +8,7 @@ trained by several processes (result.json `world`) are cells of their own."""
 import pandas as pd
 from matplotlib.ticker import EngFormatter
 
-from .plots import _key, _log_y, _plain, note, plt
+from .plots import _key, log_y, plt, suptitle
 from .runs import load_history
 
 # "At or below the target" up to float rounding: BPTT over processes computes one
@@ -115,9 +115,9 @@ def time_figure(runs, summary, keys, title):
                 ax.plot(line[x], line["valid_ppl"], color=plt.cm.tab10(i % 10), marker=MARKERS[i // 10 % len(MARKERS)],
                         markersize=4, label=cell)
             ax.set(title=d, xlabel=xlabel, ylabel="validation perplexity (log scale)")
-            _log_y(ax, g["valid_ppl"].dropna())
+            log_y(ax, g["valid_ppl"].dropna())
             ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 300k, not 300000 run into its neighbour
             ax.grid(alpha=0.3)
         row[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))  # beside the panels, not over the lines
-    fig.suptitle(f"{_plain(title)}\n{note(runs)}", fontsize=11)
+    suptitle(fig, title, runs, band=False, fontsize=11)
     return fig
