@@ -25,7 +25,7 @@ RUN := $(PY) -m tprop_exp
 GOON = || [ $$? -eq 1 ]
 REPORT := $(PY) -m tprop_exp.report
 
-.PHONY: help setup demo test test-all battery bench bench-scaling plan dist bench-dist table1 table2 table3 figure methods all-tables authors ablation constrained h-sensitivity long-range clean
+.PHONY: help setup demo test test-all battery bench bench-scaling plan dist bench-dist table1 table2 table3 figure methods all-tables authors ablation constrained h-sensitivity time-dist long-range clean
 .DEFAULT_GOAL := help
 
 help:  ## list the targets and settings (installs nothing)
@@ -133,6 +133,16 @@ constrained h-sensitivity: $(STAMP)
 	$(RUN) -m experiment=$(EXP) profile=$(PROFILE) $(SEEDS_ARG) $(LAUNCHER) $(GOON)
 	$(if $(filter h_sensitivity,$(EXP)),$(RUN) -m experiment=h_sensitivity_ref profile=$(PROFILE) $(SEEDS_ARG) $(LAUNCHER) $(GOON))
 	$(REPORT) sweeps/$(EXP)/$(PROFILE) --out $(OUT)
+
+# SPEC §7's time to quality over processes: the sweep in one process, then in NPROC
+# (torchrun), each in its own folder (sweeps/time_dist/<profile>/processes<N>), one report.
+# In sequence, on a quiet machine: it measures seconds.
+time-dist: SEEDS_ARG = seeds=$(or $(SEEDS),3)
+time-dist: $(STAMP)  ## batch BTPROP and BPTT in 1 and NPROC processes: time to quality (SPEC §7)
+	$(RUN) -m experiment=time_dist profile=$(PROFILE) $(SEEDS_ARG) $(GOON)
+	$(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) -m tprop_exp -m experiment=time_dist \
+		profile=$(PROFILE) $(SEEDS_ARG) $(GOON)
+	$(REPORT) sweeps/time_dist/$(PROFILE) --out $(OUT)
 
 all-tables: table1 table2 table3 figure methods  ## every table and the figure, then the claims
 	$(REPORT) $(foreach e,table1_main table2_regularization table3_minibatch figure_hidden methods,sweeps/$(e)/$(PROFILE)) --out $(OUT)

@@ -174,6 +174,18 @@ def test_torchrun_run_records_once_and_resumes(tmp_path):
 
 
 @pytest.mark.slow
+def test_torchrun_sweep_shares_one_group(tmp_path):
+    """A sweep (-m) under torchrun: its runs share one process group, and every
+    process counts each run by the record the lead wrote (make time-dist)."""
+    import json
+    p = torchrun(["-m", *TINY, "train.seed=1,2", f"hydra.sweep.dir={tmp_path / 'sw'}"], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("sweep: 2 completed / 0 diverged / 0 failed / 0 invalid") == 2, p.stdout[-2000:]
+    results = [json.loads(f.read_text()) for f in (tmp_path / "sw").glob("*/result.json")]
+    assert sorted(r["world"] for r in results) == [2, 2] and {r["status"] for r in results} == {"completed"}
+
+
+@pytest.mark.slow
 def test_torchrun_bad_input_stops_every_process(tmp_path):
     p = torchrun([*TINY, "train.batch_size=0", f"hydra.run.dir={tmp_path / 'bad'}"], tmp_path)
     assert p.returncode != 0

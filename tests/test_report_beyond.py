@@ -71,3 +71,26 @@ def test_constrained_verdict():
     assert beyond.constrained_check(pd.DataFrame(base + [closes, not_]))[0] == FAILS
     no_gap = [r if r["method"] == "bptt" or r["hidden"] == 16 else {**r, "valid_mean": 99.0} for r in base]
     assert beyond.constrained_check(pd.DataFrame(no_gap + [closes]))[0] == UNSURE
+
+
+def test_time_dist_keeps_processes_apart(tmp_path):
+    """experiment=time_dist: one and two processes of the same config are
+    columns of their own, never averaged together, and rows of their own in
+    the time table (BPTT's target from one process)."""
+    root = tmp_path / "time_dist"
+    for world, bptt, admm in ((1, 10.0, 12.0), (2, 20.0, 30.0)):  # unequal on purpose: averaging shows
+        for method, valid in (("bptt", bptt), ("admm", admm)):
+            run = make_run(root / f"processes{world}", valid, name="time_dist", method__name=method,
+                           method__mode="batch", history=hist([valid], [world], [100]))
+            rec = json.loads((run / "result.json").read_text())
+            (run / "result.json").write_text(json.dumps({**rec, "world": world}))
+    runs = load_runs([root])
+    summary = tables.summarise(runs, "time_dist")
+    assert sorted(summary["world"]) == [1, 1, 2, 2]
+    t = tables.make_table(summary, "time_dist")["sample_chars"]
+    assert t.columns.name == "processes" and list(t.columns) == [1, 2]
+    assert t.loc["BPTT", 1].startswith("10.0") and t.loc["BPTT", 2].startswith("20.0")
+    assert t.loc["BTPROP (n_h=1)", 2].startswith("30.0")
+    tt = timing.time_table(runs, summary, tables.cell_keys(runs, "time_dist")).set_index("method")
+    assert set(tt["BPTT best valid ppl"]) == {"10.00"}  # one process's BPTT sets the target
+    assert tt.loc["BPTT", "seconds"] == "1.0" and tt.loc["BPTT (2 processes)", "seconds"] == "not reached"

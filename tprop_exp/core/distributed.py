@@ -173,6 +173,9 @@ class Comm:
         dist.scatter_object_list(out, objs if self.rank == 0 else None, src=0)
         return out[0]
 
+    def barrier(self) -> None:
+        dist.barrier()
+
     def broadcast(self, obj: Any) -> Any:
         box = [obj]
         dist.broadcast_object_list(box, src=0)
@@ -190,9 +193,10 @@ def init(device: torch.device) -> tuple[Optional[Comm], torch.device]:
     if device.type == "cuda":
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world,
-                            timeout=timedelta(minutes=30))
-    atexit.register(close)
+    if not dist.is_initialized():  # a sweep (-m) under torchrun: its runs share one group
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world,
+                                timeout=timedelta(minutes=30))
+        atexit.register(close)
     return Comm(rank, world, device), device
 
 

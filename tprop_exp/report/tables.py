@@ -25,6 +25,7 @@ KEYS = {
     "constrained": ["dataset", "hidden", "method", "h_steps", "h_param", "penalty"],
     "h_sensitivity": ["dataset", "K", "method", "h_steps", "h_optimizer", "h_lr"],
     "long_range": ["dataset", "mode", "D", "K", "method", "h_steps"],
+    "time_dist": ["dataset", "mode", "K", "method", "h_steps", "world"],  # world: processes
 }
 
 
@@ -96,7 +97,7 @@ def summarise(runs, name):
             seeds=" ".join(str(int(seed)) for seed in sorted(g["seed"].dropna().unique())))
         rows.append(row)
     s = pd.DataFrame(rows)
-    for c in set(keys) & set(NUMERIC):  # keep integer keys integer (K=10, not 10.0)
+    for c in set(keys) & {*NUMERIC, "world"}:  # keep integer keys integer (K=10, not 10.0)
         if (s[c].dropna() % 1 == 0).all():
             s[c] = s[c].astype("Int64")
     if "method" in keys and not s.empty:
@@ -150,6 +151,9 @@ def make_table(summary, name):
         return {"": t.sort_index().fillna("–")}
     if name == "h_sensitivity":
         return {d: _pivot(g, "label", "K") for d, g in s.groupby("dataset", sort=True)}
+    if name == "time_dist":  # one column per number of processes: the same numbers, to rounding
+        return {d: _pivot(g, "label", "world").rename_axis(columns="processes")
+                for d, g in s.groupby("dataset", sort=True)}
     if name in ("figure_hidden", "constrained"):
         t = s.pivot(index="hidden", columns=["dataset", "label"], values="cell").sort_index()
         order = [(d, lab) for d in sorted(s["dataset"].unique()) for lab in dict.fromkeys(s["label"])

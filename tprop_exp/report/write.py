@@ -95,6 +95,12 @@ ABOUT = {
         "Mini-batch ADMM with 1 and 5 h-steps over a grid of method.h_lr and "
         "method.h_optimizer, against 0 h-steps and BPTT (SPEC §7; plotted in "
         "h_sensitivity.png). Columns: K."),
+    "time_dist": (
+        "Time to quality over processes",
+        "Batch BTPROP (ADMM, 0 and 1 h-steps) and BPTT trained by one process and by several "
+        "(torchrun, `make time-dist`; SPEC §7). An epoch over P processes computes what one "
+        "process computes, so the perplexities agree to rounding and the time to quality "
+        "below is what changes. Columns: processes."),
     "long_range": (
         "Long-range dependencies, measured directly",
         "How much of a lag-D dependency each method learns on dataset=lag (SPEC §7): "
