@@ -141,36 +141,49 @@ def torchrun(args, cwd, nproc=2):
 
 @pytest.mark.slow
 def test_torchrun_run_records_once_and_resumes(tmp_path):
+    """Stopped by SIGTERM in epoch 2, a two-process run leaves one checkpoint
+    with every process's H; it resumes with two processes (not one) to the
+    single-process answer."""
     import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    args = [a for a in TINY if not a.startswith("train.max_epochs=")] + ["train.max_epochs=30"]
     run = tmp_path / "run"
-    p = torchrun([*TINY, f"hydra.run.dir={run}"], tmp_path)
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert p.stdout.count("epoch=1 ") == 1  # one process prints the epoch
-    result = json.loads((run / "result.json").read_text())
-    assert result["status"] == "completed"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "tprop_exp", *args, f"hydra.run.dir={run}"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while not ((run / "tprop_exp.log").exists() and " epoch 1/30 " in (run / "tprop_exp.log").read_text()):
+        assert proc.poll() is None and time.monotonic() - t0 < 120
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)  # torchrun passes it on to both processes
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and not (run / "result.json").exists(), err[-3000:]
+    assert out.count(" epoch 1/30 ") == 1  # one process prints the epoch
     ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
     assert ckpt["world"] == 2 and len(ckpt["core_state"]) == 2
     nb = (6000 - 1) // 10
     # every block's H once, plus the left range's copy of its neighbour's first H
     assert sum(s["H"].shape[0] for s in ckpt["core_state"]) == nb + 1
-    (run / "result.json").unlink()  # the checkpoint is at the end: resuming ends at once, same result
-    p = torchrun([*TINY, f"hydra.run.dir={run}"], tmp_path)
-    assert p.returncode == 0 and "resuming at epoch 2" in p.stdout, p.stderr[-3000:]
-    again = json.loads((run / "result.json").read_text())
-    assert again["best_valid_ppl"] == result["best_valid_ppl"]
+    # resuming with another number of processes is refused on every process
+    p = torchrun([*args, f"hydra.run.dir={run}"], tmp_path, nproc=1)
+    assert p.returncode != 0 and "resume it with as many" in p.stderr
+    p = torchrun([*args, f"hydra.run.dir={run}"], tmp_path)
+    assert p.returncode == 0 and "resuming at epoch" in p.stdout, p.stderr[-3000:]
+    result = json.loads((run / "result.json").read_text())
+    assert result["status"] == "completed" and result["world"] == 2
     # the single-process run of the same config: the same model
     one = tmp_path / "one"
-    import subprocess
-    import sys
-    q = subprocess.run([sys.executable, "-m", "tprop_exp", *TINY, f"hydra.run.dir={one}"], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=300)
+    q = subprocess.run([sys.executable, "-m", "tprop_exp", *args, f"hydra.run.dir={one}"], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=300)
     assert q.returncode == 0, q.stderr[-3000:]
     single = json.loads((one / "result.json").read_text())
     assert single["best_valid_ppl"] == pytest.approx(result["best_valid_ppl"], rel=1e-9)
-    # resuming with another number of processes is refused on every process
-    (run / "result.json").unlink()
-    p = torchrun([*TINY, f"hydra.run.dir={run}"], tmp_path, nproc=1)
-    assert p.returncode != 0 and "resume it with as many" in p.stderr
 
 
 @pytest.mark.slow
@@ -189,8 +202,9 @@ def test_torchrun_sweep_shares_one_group(tmp_path):
 def test_torchrun_bad_input_stops_every_process(tmp_path):
     p = torchrun([*TINY, "train.batch_size=0", f"hydra.run.dir={tmp_path / 'bad'}"], tmp_path)
     assert p.returncode != 0
-    errors = [line for line in p.stderr.splitlines() if line.startswith("tprop_exp: error:")]
-    assert errors == ["tprop_exp: error: train.batch_size must be positive, got 0"] * 2, p.stderr[-2000:]
+    # torchrun's own log lines can run into ours: count the line, not where it starts
+    line = "tprop_exp: error: train.batch_size: 0 is not allowed; it must be a positive number\n"
+    assert p.stderr.count("tprop_exp: error:") == p.stderr.count(line) == 2, p.stderr[-2000:]
     assert not (tmp_path / "bad" / "result.json").exists()
 
 
@@ -216,8 +230,7 @@ def test_slurm_launcher_one_process_per_task(tmp_path):
         return run
 
     run = sweep(["hydra/launcher=slurm_local", "hydra.launcher.tasks_per_node=2"], tmp_path / "slurm")
-    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
-    assert ckpt["world"] == 2
+    assert json.loads((run / "result.json").read_text())["world"] == 2
     one = sweep([], tmp_path / "one")
     assert (json.loads((run / "result.json").read_text())["best_valid_ppl"]
             == pytest.approx(json.loads((one / "result.json").read_text())["best_valid_ppl"], rel=1e-9))
