@@ -67,4 +67,18 @@ def test_weighted_numbers_beside_true_and_claims_side_by_side(tmp_path):
     assert t.loc[t["method"] == "admm", "valid_mean"].item() == 91.5
     assert t.loc[t["method"] == "admm", "valid_tprnn_mean"].item() == 41.5
     claims = (out / "claims.md").read_text()
-    assert "## Under both rule sets" in claims and "Claim 8" in claims
+    side = claims.split("## Under both rule sets")[1].split("\n## ")[0]
+    # claim 8 reads the methods table, run under both; claim 1 reads table 1, run under neither
+    assert "| 8       | sample_chars | " in side and "- Claim 8 (" in side
+    assert "- Claim 1 (" not in side and "| 1 " not in side
+
+
+def test_claim_not_run_under_one_rule_set_says_so():
+    from tprop_exp.report.claims import both_rule_sets
+    v = lambda rows: pd.DataFrame(rows, columns=["claim", "dataset", "verdict", "evidence"])
+    textbook = v([(6, "sample_chars", "holds", ["x"]), (8, "sample_chars", "holds", ["y"])])
+    tprnn = v([(6, "sample_chars", "inconclusive", ["no runs"]), (8, "sample_chars", "does not hold", ["z"])])
+    text = "\n".join(both_rule_sets(textbook, tprnn))
+    assert "| 6       | sample_chars | holds      | not run" in text
+    assert "figure_hidden not run under tprnn" in text
+    assert "- Claim 8 (ADMM ≥ ALM ≥ penalty.): the rule set changes the verdict on sample_chars." in text

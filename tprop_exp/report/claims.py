@@ -366,26 +366,30 @@ def claims_markdown(results, sources, command, tprnn=None, direct=None):
 
 def both_rule_sets(textbook, tprnn):
     """Each claim's verdict under SPEC §1 (textbook) and under the authors'
-    rules (variant=tprnn, SPEC §6) side by side, with one sentence per claim."""
-    t = textbook.assign(rules="textbook")
-    a = tprnn.assign(rules="tprnn")
-    both = pd.concat([t, a]).pivot_table(index=["claim", "dataset"], columns="rules", values="verdict",
-                                         aggfunc="first").reindex(columns=["textbook", "tprnn"]).fillna("no runs")
+    rules (variant=tprnn, SPEC §6) side by side, with one sentence per claim.
+    A claim whose table was not run under a rule set is "not run" there, not
+    "inconclusive", and its sentence says so."""
+    def judged(verdicts, rules):
+        return verdicts[verdicts["evidence"].map(lambda e: e != ["no runs"])].assign(rules=rules)
+    both = pd.concat([judged(textbook, "textbook"), judged(tprnn, "tprnn")]).pivot_table(
+        index=["claim", "dataset"], columns="rules", values="verdict", aggfunc="first")
+    both = both.reindex(columns=["textbook", "tprnn"]).fillna("not run")
     parts = ["## Under both rule sets", "",
              "The same tables run under `variant=tprnn` (the authors' code's rules, SPEC §6; their "
              "`<table>_tprnn.csv` here), beside SPEC §1's rules.", "",
-             both.to_markdown(disable_numparse=True), ""]
-    for number, text, *_ in CLAIMS:
+             both.reset_index().to_markdown(index=False, disable_numparse=True), ""]
+    for number, text, table, *_ in CLAIMS:
         if number not in both.index.get_level_values(0):
             continue
         rows = both.loc[number]
-        judged = rows[(rows["tprnn"] != "no runs") & (rows["textbook"] != "no runs")]
-        if judged.empty:
-            line = "not judged under both rule sets (runs missing)."
-        elif (judged["textbook"] == judged["tprnn"]).all():
-            line = "the rule set does not change the verdict on " + ", ".join(judged.index) + "."
+        judged_rows = rows[(rows["tprnn"] != "not run") & (rows["textbook"] != "not run")]
+        if judged_rows.empty:
+            missing = [r for r in ("textbook", "tprnn") if (rows[r] == "not run").all()]
+            line = f"not judged under both rule sets ({table} not run under {' or '.join(missing)})."
+        elif (judged_rows["textbook"] == judged_rows["tprnn"]).all():
+            line = "the rule set does not change the verdict on " + ", ".join(judged_rows.index) + "."
         else:
-            changed = [d for d, r in judged.iterrows() if r["textbook"] != r["tprnn"]]
+            changed = [d for d, r in judged_rows.iterrows() if r["textbook"] != r["tprnn"]]
             line = "the rule set changes the verdict on " + ", ".join(changed) + "."
         parts.append(f"- Claim {number} ({text}): {line}")
     return parts + [""]
