@@ -21,7 +21,7 @@ SHORT = {
     "h_lr": "config.method.h_lr", "h_optimizer": "config.method.h_optimizer",
     "D": "config.dataset.lag",
 }
-NUMERIC = ["K", "h_steps", "hidden", "batch_size", "seed", "h_lr", "D"]
+NUMERIC = ["K", "h_steps", "hidden", "batch_size", "seed", "h_lr", "D", "world"]
 # SPEC §7's keys at the values of runs recorded before them (what those runs computed).
 ADDED = {"h_param": "free", "penalty": "l2"}
 
@@ -65,8 +65,11 @@ def load_runs(dirs):
     if "config.profile" in df:  # records written before profile became a config group
         df["profile"] = df["profile"].fillna(df["config.profile"])
     df["profile"] = df["profile"].fillna("none")  # a plain run or sweep: no profile
+    if "world" not in df:  # result.json's number of processes; runs before it: one
+        df["world"] = 1
     for c in NUMERIC:
         df[c] = pd.to_numeric(df[c], errors="coerce")
+    df["world"] = df["world"].fillna(1)
     df["experiment"] = df["experiment"].fillna("unnamed")
     df["rules"] = df["rules"].fillna("textbook")  # records from before the variants
     # BPTT ignores the BTPROP settings: blank them so they neither split nor label cells.
@@ -78,7 +81,6 @@ def load_runs(dirs):
             df[c] = df[c].astype(object)
     for c, default in ADDED.items():
         df[c] = df[c].fillna(default)
-    df["world"] = pd.to_numeric(df["world"], errors="coerce").fillna(1) if "world" in df else 1  # runs before it: one
     df.loc[bptt, ["h_steps", *btprop_only, "h_param", "penalty", "h_lr", "h_optimizer"]] = None
     return df
 

@@ -97,7 +97,7 @@ def summarise(runs, name):
             seeds=" ".join(str(int(seed)) for seed in sorted(g["seed"].dropna().unique())))
         rows.append(row)
     s = pd.DataFrame(rows)
-    for c in set(keys) & {*NUMERIC, "world"}:  # keep integer keys integer (K=10, not 10.0)
+    for c in set(keys) & set(NUMERIC):  # keep integer keys integer (K=10, not 10.0)
         if (s[c].dropna() % 1 == 0).all():
             s[c] = s[c].astype("Int64")
     if "method" in keys and not s.empty:

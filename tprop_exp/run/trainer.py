@@ -169,17 +169,17 @@ def run_locked(cfg: DictConfig, run_dir: Path, config: dict, device: torch.devic
         metrics.close()
     if error:
         result["error"] = error
-    if not t.lead:
-        comm.barrier()  # until the lead's records exist: a sweep under torchrun reads them next
-        return result
-    records.write_metrics(run_dir, t.history)  # final: also a diverged run, or a resumed one with nothing left
-    if t.best_state is not None and status != "failed":
-        records.save_model(run_dir, t.best_state, len(corpus.vocab), config)
-    records.write_json(run_dir / "result.json", result)
-    if status != "failed":  # a failed run is tried again from its checkpoint
-        records.drop_checkpoint(run_dir)
+    if t.lead:
+        records.write_metrics(run_dir, t.history)  # final: also a diverged run, or a resumed one with nothing left
+        if t.best_state is not None and status != "failed":
+            records.save_model(run_dir, t.best_state, len(corpus.vocab), config)
+        records.write_json(run_dir / "result.json", result)
+        if status != "failed":  # a failed run is tried again from its checkpoint
+            records.drop_checkpoint(run_dir)
     if comm is not None:
-        comm.barrier()
+        comm.barrier()  # until the lead's records exist: a sweep under torchrun reads them next
+    if not t.lead:
+        return result
     log.info("run %s: %s after %s (%s of training); best valid ppl %s, test ppl %s; records in %s",
              run_dir.name, status, f"{t.epoch} epoch" + "s" * (t.epoch != 1), f"{t.wall:,.1f}s",
              logger.number(result["best_valid_ppl"]),
