@@ -59,6 +59,13 @@ def test_sensitivity_verdicts_per_grid_point():
     assert len(lines) == 3
     v, _, summary = beyond.sensitivity_check(s[s["h_lr"].fillna(1.0) != 10.0], 2)
     assert v == HOLDS and summary == "holds at every step size"
+    # a point whose n_h = 5 row has a single seed cannot be judged: named as inconclusive
+    one = s.copy()
+    one.loc[(one["h_lr"] == 0.1) & (one["h_steps"] == 5), ["valid_n", "valid_std"]] = [1, float("nan")]
+    v, _, summary = beyond.sensitivity_check(one, 2)
+    assert v == FAILS and summary == "holds only at sgd 1; does not hold at sgd 10; inconclusive at sgd 0.1"
+    v, _, summary = beyond.sensitivity_check(s[s["method"] != "bptt"], 4)  # claim 4 without BPTT
+    assert v == UNSURE and summary == "inconclusive at every step size"
 
 
 def test_constrained_verdict():

@@ -97,15 +97,20 @@ def sensitivity_check(s, number):
         return UNSURE, ["no grid point with n_h > 0 runs"], ""
     holds = [p for p, v in verdicts.items() if v == HOLDS]
     fails = [p for p, v in verdicts.items() if v == FAILS]
-    name = ", ".join
+    unsure = [p for p in verdicts if p not in holds + fails]
+    name = lambda points: ", ".join(f"{o} {lr:g}" for o, lr in points)  # noqa: E731
     if len(holds) == len(verdicts):
         summary = "holds at every step size"
     elif holds:
-        summary = "holds only at " + name(f"{o} {lr:g}" for o, lr in holds)
-    else:
+        summary = "holds only at " + name(holds)
+    elif fails:
         summary = "holds at no step size"
+    else:  # nothing decided: not "holds at no step size"
+        summary = "inconclusive at every step size"
     if fails:
-        summary += "; does not hold at " + name(f"{o} {lr:g}" for o, lr in fails)
+        summary += "; does not hold at " + name(fails)
+    if unsure and (holds or fails):
+        summary += "; inconclusive at " + name(unsure)
     overall = HOLDS if len(holds) == len(verdicts) else FAILS if fails else UNSURE
     return overall, lines, summary
 
