@@ -1,4 +1,5 @@
 """Small float64 models and method configs shared by the tests."""
+import pytest
 import torch
 from omegaconf import OmegaConf
 
@@ -6,6 +7,21 @@ from tprop_exp.core.model import LanguageModel
 from tprop_exp.core.optim import ThetaStep
 
 V = 7
+
+
+def cpu_runs_bf16_lstm() -> bool:
+    """Whether this CPU runs an LSTM under bf16 autocast: oneDNN's kernel needs
+    bf16 support in the CPU (AVX-512); without it the run is refused, not trained."""
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.nn.LSTM(2, 2)(torch.zeros(1, 1, 2))
+        return True
+    except RuntimeError:
+        return False
+
+
+needs_cpu_bf16_lstm = pytest.mark.skipif(not cpu_runs_bf16_lstm(),
+                                         reason="this CPU has no bf16 LSTM kernel (oneDNN)")
 
 
 def tiny_model(cell="lstm", layers=1, hidden=5, seed=0):

@@ -15,7 +15,7 @@ from tprop_exp.data.corpora import batchify, windows
 from tprop_exp.core.model import detach
 from tprop_exp.core.optim import ThetaStep
 
-from helpers import grads, params, run_cfg, stream, tiny_model
+from helpers import grads, needs_cpu_bf16_lstm, params, run_cfg, stream, tiny_model
 
 
 def train(model, opt, s, *, batch_size, K, clip, mode, pos=None, on_update=None):
@@ -217,6 +217,7 @@ def test_resume_from_a_position_ends_exactly_as_uninterrupted(cell):
     assert out_c == out_a
 
 
+@needs_cpu_bf16_lstm
 def test_bf16_autocast_keeps_fp32_weights_and_a_close_gradient():
     """train.precision=bf16: the forward runs in bf16, the weights, their
     gradients and the carried state stay fp32, and the full-batch gradient is

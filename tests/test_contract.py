@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import V, method, stream
+from helpers import V, cpu_runs_bf16_lstm, method, stream
 from omegaconf import OmegaConf
 
 from tprop_exp import UserError
@@ -62,6 +62,13 @@ def test_flags_are_one_line(tmp_path, args, words):
 def test_fp16_on_a_cpu_is_refused_before_anything_is_written(tmp_path):
     line = refused(cli(TINY + ["train.precision=fp16"], tmp_path), "train.precision", "'fp16'", "cpu", "LSTM")
     assert "Run workload" not in line  # oneDNN's advice, not the cause
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or cpu_runs_bf16_lstm(), reason="this CPU runs bf16 LSTMs")
+def test_bf16_where_the_cpu_cannot_is_refused_before_anything_is_written(tmp_path):
+    line = refused(cli(TINY + ["train.precision=bf16"], tmp_path), "train.precision", "'bf16'", "cpu", "LSTM")
+    assert "or bf16" not in line  # no advice to use what just failed
     assert list(tmp_path.iterdir()) == []
 
 

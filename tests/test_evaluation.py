@@ -11,7 +11,7 @@ import torch
 from tprop_exp.core import perplexity as evaluation
 from tprop_exp.data.corpora import batchify
 
-from helpers import V, params, stream, tiny_model
+from helpers import V, needs_cpu_bf16_lstm, params, stream, tiny_model
 
 CELLS = ["rnn", "gru", "lstm"]
 
@@ -142,6 +142,7 @@ def test_train_ppl_over_the_whole_split_when_null(tmp_path):
     assert t.train_ppl() == pytest.approx(hand_ppl(t.model, corpus.train, 3)[1], rel=1e-10)
 
 
+@needs_cpu_bf16_lstm
 def test_bf16_forward_keeps_fp32_state_and_float64_nll_sum():
     """train.precision=bf16 on a CPU: logits in bf16 under autocast, the state and
     the weights in fp32, and evaluation's NLL summed in float64 (a bf16 or fp16

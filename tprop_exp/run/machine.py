@@ -55,9 +55,10 @@ def _precision_runs(root: DictConfig, torch: Any) -> None:
         model(x, model.zero_state(1, device))[0].float().sum().backward()
         model.states_every(x, model.zero_state(1, device), 1)  # BTPROP's path
     except (RuntimeError, TypeError, NotImplementedError, AssertionError) as e:
+        other = "fp32 (or bf16)" if t.precision == "fp16" else "fp32"
         cause = str(e).splitlines()[0].split(". Run workload")[0] if str(e) else type(e).__name__
         raise UserError(f"train.precision: {t.precision!r} does not run on {device.type} with "
-                        f"arch.cell={a.cell} ({cause}); use fp32 (or bf16), or another device") from None
+                        f"arch.cell={a.cell} ({cause}); use {other}, or another device") from None
 
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}  # weight blocks per layer (a cell of one's own: as an LSTM)
