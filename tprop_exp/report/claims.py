@@ -165,7 +165,7 @@ def claim5(s):
         conds.append(negate(more))
         lines.append(f"K={k}: {ref}; penalty only {h0} (gain {ref.mean - h0.mean:+.3g}); "
                      f"{hn} (gain {ref.mean - hn.mean:+.3g}); extra gain of h-steps: {how} → "
-                     + word(more, "beyond the noise", "within the noise"))
+                     + word(more, "beyond the noise", "none beyond the noise"))
     if not lines:
         return UNSURE, ["no K with BPTT, n_h=0 and n_h>0 runs"]
     return combine(conds), lines
