@@ -98,7 +98,10 @@ def sensitivity_check(s, number):
     holds = [p for p, v in verdicts.items() if v == HOLDS]
     fails = [p for p, v in verdicts.items() if v == FAILS]
     unsure = [p for p in verdicts if p not in holds + fails]
-    name = lambda points: ", ".join(f"{o} {lr:g}" for o, lr in points)  # noqa: E731
+
+    def name(points):
+        return ", ".join(f"{o} {lr:g}" for o, lr in points)
+
     if len(holds) == len(verdicts):
         summary = "holds at every step size"
     elif holds:
