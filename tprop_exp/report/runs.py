@@ -20,10 +20,11 @@ SHORT = {
     "h_param": "config.method.h_param", "penalty": "config.method.penalty",
     "h_lr": "config.method.h_lr", "h_optimizer": "config.method.h_optimizer",
     "D": "config.dataset.lag",
+    "world": "world",  # result.json: the number of processes that trained the run
 }
 NUMERIC = ["K", "h_steps", "hidden", "batch_size", "seed", "h_lr", "D", "world"]
 # SPEC §7's keys at the values of runs recorded before them (what those runs computed).
-ADDED = {"h_param": "free", "penalty": "l2"}
+ADDED = {"h_param": "free", "penalty": "l2", "world": 1}
 
 
 def load_runs(dirs):
@@ -65,11 +66,8 @@ def load_runs(dirs):
     if "config.profile" in df:  # records written before profile became a config group
         df["profile"] = df["profile"].fillna(df["config.profile"])
     df["profile"] = df["profile"].fillna("none")  # a plain run or sweep: no profile
-    if "world" not in df:  # result.json's number of processes; runs before it: one
-        df["world"] = 1
     for c in NUMERIC:
         df[c] = pd.to_numeric(df[c], errors="coerce")
-    df["world"] = df["world"].fillna(1)
     df["experiment"] = df["experiment"].fillna("unnamed")
     df["rules"] = df["rules"].fillna("textbook")  # records from before the variants
     # BPTT ignores the BTPROP settings: blank them so they neither split nor label cells.
