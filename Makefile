@@ -57,8 +57,11 @@ demo: $(STAMP)  ## BPTT and BTPROP side by side on the sample corpus; report in 
 	$(RUN) -m experiment=demo $(GOON)
 	$(REPORT) sweeps/demo/sample --table demo --out sweeps/demo/report
 
+# Every test runs on one thread (tests/conftest.py), so the suite runs one test
+# per core (pytest-xdist; TESTJOBS=0: in order, in one process).
+TESTJOBS ?= auto
 test: $(STAMP)  ## the fast test suite
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TESTJOBS)
 
 test-all: $(STAMP)  ## the tests, also the slow ones
 	$(PY) -m pytest -q -m "slow or not slow"
