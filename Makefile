@@ -58,10 +58,11 @@ demo: $(STAMP)  ## BPTT and BTPROP side by side on the sample corpus; report in 
 	$(REPORT) sweeps/demo/sample --table demo --out sweeps/demo/report
 
 # Every test runs on one thread (tests/conftest.py), so the suite runs one test
-# per core (pytest-xdist; TESTJOBS=0: in order, in one process).
+# per core (pytest-xdist; TESTJOBS=0: in order, in one process), at most 8: each
+# worker holds its own torch, and more gain little on a suite of 5 minutes.
 TESTJOBS ?= auto
 test: $(STAMP)  ## the fast test suite
-	$(PY) -m pytest -q -n $(TESTJOBS)
+	$(PY) -m pytest -q -n $(TESTJOBS) --maxprocesses 8
 
 test-all: $(STAMP)  ## the tests, also the slow ones
 	$(PY) -m pytest -q -m "slow or not slow"
