@@ -162,3 +162,20 @@ def test_schema_choices_match_the_training_code():
     assert set(registry.CELLS) == {"rnn", "gru", "lstm"}
     for name in ("penalty", "admm", "alm", "bptt"):
         assert (Path(CONF) / "method" / f"{name}.yaml").exists()
+
+
+GROUPS = ["arch", "dataset", "debug", "hparams_search", "logger", "method", "profile", "row",
+          "variant", "hydra/launcher", "hydra/hydra_logging", "hydra/job_logging"]
+
+
+@pytest.mark.parametrize("option", [f"{g}={p.stem}" for g in GROUPS
+                                    for p in sorted((Path(CONF) / g).glob("*.yaml"))])
+def test_every_group_option_composes(option):
+    """Also the options no experiment uses, such as the SLURM launcher."""
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        group = option.split("=")[0]
+        if group.startswith("hydra/"):  # hydra.runtime is not set outside a run: read, not resolved
+            cfg = compose("config", overrides=[option], return_hydra_config=True)
+            assert OmegaConf.select(cfg, group.replace("/", "."))
+        else:
+            OmegaConf.to_container(compose("config", overrides=[option]), resolve=True)
