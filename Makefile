@@ -67,7 +67,7 @@ test: $(STAMP)  ## the fast test suite
 test-all: $(STAMP)  ## the tests, also the slow ones
 	$(PY) -m pytest -q -m "slow or not slow"
 
-battery: $(STAMP)  ## 60+ bad inputs and faults through the command line: one line, exit 2, nothing written
+battery: $(STAMP)  ## 70+ bad inputs and faults through the command line: one line, exit 2, nothing written
 	$(PY) scripts/battery.py
 
 # Throughput against a bare PyTorch loop: results/bench/<size>.md (SIZE=gpu on a GPU).
