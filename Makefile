@@ -31,7 +31,7 @@ REPORT := $(PY) -m tprop_exp.report
 help:  ## list the targets and settings (installs nothing)
 	@echo "usage: make TARGET [PROFILE=sample|paper] [JOBS=N] [SEEDS=N]"
 	@echo
-	@awk -F ':.*## ' '/^[a-z][a-z0-9 -]*:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk -F ':.*## ' '/^[a-z][a-z0-9 -]*:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo
 	@echo "  PROFILE=paper   the real data, sized for a GPU (default: sample, the offline corpus)"
 	@echo "  JOBS=N          N runs of a sweep in parallel (Hydra's joblib launcher)"
@@ -61,7 +61,7 @@ demo: $(STAMP)  ## BPTT and BTPROP side by side on the sample corpus; report in 
 # per core (pytest-xdist; TESTJOBS=0: in order, in one process), at most 8: each
 # worker holds its own torch, and more gain little on a suite of 5 minutes.
 TESTJOBS ?= auto
-test: $(STAMP)  ## the fast test suite
+test: $(STAMP)  ## the fast test suite, one test per core (TESTJOBS=0: in one process)
 	$(PY) -m pytest -q -n $(TESTJOBS) --maxprocesses 8
 
 test-all: $(STAMP)  ## the tests, also the slow ones
